@@ -1,0 +1,300 @@
+//! `llama2`: the command line. Subcommands: `complete`, `chat`, `tokenize`.
+//!
+//! Exit codes: 0 success, 2 bad input or usage (including clap's own errors),
+//! 3 a model or tokenizer file that cannot be loaded, 1 anything else.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use llama2::{Dialog, GenerationOptions, Llama, Message, Role, Tokenizer};
+
+#[derive(Parser)]
+#[command(name = "llama2", version, about = "Llama 2 family models on the CPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Continue text prompts (the reference's text_completion).
+    Complete(CompleteArgs),
+    /// Answer dialogs (the reference's chat_completion), or chat interactively.
+    Chat(ChatArgs),
+    /// Encode text to token ids, or decode ids to text.
+    Tokenize(TokenizeArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Meta checkpoint folder (params.json + consolidated.NN.pth).
+    #[arg(long)]
+    ckpt_dir: PathBuf,
+    /// SentencePiece tokenizer.model.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Context length per sequence (prompt + generation).
+    #[arg(long, default_value_t = 512)]
+    max_seq_len: usize,
+    /// Most prompts per batch (default: as many as given).
+    #[arg(long)]
+    max_batch_size: Option<usize>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct SamplingArgs {
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.6)]
+    temperature: f32,
+    /// Nucleus sampling mass, in (0, 1].
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f32,
+    /// Most tokens to generate (default: max_seq_len - 1).
+    #[arg(long)]
+    max_gen_len: Option<usize>,
+    /// Seed of the sampler (default 1, as the reference).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Report each token's log-probability.
+    #[arg(long)]
+    logprobs: bool,
+    /// Print results as JSON, shaped like the reference's return value.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CompleteArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Return the prompt too.
+    #[arg(long)]
+    echo: bool,
+    /// Prompts, completed as one batch.
+    #[arg(required = true)]
+    prompts: Vec<String>,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// JSON file with a list of dialogs (lists of {"role", "content"}), answered as one batch.
+    #[arg(long, conflicts_with = "message")]
+    dialogs: Option<PathBuf>,
+    /// System prompt for MESSAGE or the interactive session.
+    #[arg(long)]
+    system: Option<String>,
+    /// One user message; without it (and without --dialogs) chat interactively.
+    message: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    /// SentencePiece tokenizer.model.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Prepend BOS.
+    #[arg(long)]
+    bos: bool,
+    /// Append EOS.
+    #[arg(long)]
+    eos: bool,
+    /// Treat the input as a JSON list of ids and print the decoded text.
+    #[arg(long)]
+    decode: bool,
+    /// Text to encode (or the JSON id list with --decode).
+    input: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Complete(a) => complete(a),
+        Command::Chat(a) => chat(a),
+        Command::Tokenize(a) => tokenize(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use llama2::Error::*;
+    match e.downcast_ref::<llama2::Error>() {
+        Some(Io { .. } | Checkpoint { .. } | Config(_) | Tokenizer(_) | Shape { .. }) => 3,
+        Some(_) => 2,
+        None if e.downcast_ref::<serde_json::Error>().is_some() => 2,
+        None => 1,
+    }
+}
+
+impl SamplingArgs {
+    fn options(&self) -> GenerationOptions {
+        GenerationOptions {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_gen_len: self.max_gen_len,
+            logprobs: self.logprobs,
+            echo: false,
+            seed: Some(self.seed),
+        }
+    }
+}
+
+fn load(m: &ModelArgs, batch: usize) -> Result<Llama> {
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let s = indicatif::ProgressBar::new_spinner();
+        s.set_message(format!("loading {}", m.ckpt_dir.display()));
+        s.enable_steady_tick(Duration::from_millis(100));
+        s
+    });
+    let start = std::time::Instant::now();
+    let mut b = Llama::builder(&m.ckpt_dir, &m.tokenizer)
+        .max_seq_len(m.max_seq_len)
+        .max_batch_size(m.max_batch_size.unwrap_or(batch.max(1)));
+    if let Some(t) = m.threads {
+        b = b.threads(t);
+    }
+    let llama = b.build();
+    if let Some(s) = spinner {
+        match &llama {
+            Ok(_) => s.finish_with_message(format!(
+                "loaded {} in {:.2}s",
+                m.ckpt_dir.display(),
+                start.elapsed().as_secs_f64()
+            )),
+            Err(_) => s.finish_and_clear(),
+        }
+    }
+    Ok(llama?)
+}
+
+fn complete(a: CompleteArgs) -> Result<()> {
+    let mut llama = load(&a.model, a.prompts.len())?;
+    let opts = GenerationOptions {
+        echo: a.echo,
+        ..a.sampling.options()
+    };
+    let results = llama.text_completion(&a.prompts, &opts)?;
+    if a.sampling.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    for (prompt, r) in a.prompts.iter().zip(&results) {
+        println!("{prompt}");
+        println!("> {}", r.generation);
+        if let (Some(t), Some(l)) = (&r.tokens, &r.logprobs) {
+            println!("tokens: {}", serde_json::to_string(t)?);
+            println!("logprobs: {}", serde_json::to_string(l)?);
+        }
+        println!("\n==================================\n");
+    }
+    Ok(())
+}
+
+fn chat(a: ChatArgs) -> Result<()> {
+    let dialogs: Vec<Dialog> = if let Some(path) = &a.dialogs {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| llama2::Error::Io { path: path.clone(), source: e })?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid dialog JSON", path.display()))?
+    } else if let Some(msg) = &a.message {
+        let mut d = Vec::new();
+        if let Some(s) = &a.system {
+            d.push(Message::new(Role::System, s.clone()));
+        }
+        d.push(Message::new(Role::User, msg.clone()));
+        vec![d]
+    } else {
+        return interactive(a);
+    };
+    let mut llama = load(&a.model, dialogs.len())?;
+    let results = llama.chat_completion(&dialogs, &a.sampling.options())?;
+    if a.sampling.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    for (dialog, r) in dialogs.iter().zip(&results) {
+        for m in dialog {
+            println!("{}: {}\n", m.role.as_str(), m.content);
+        }
+        println!("> {}: {}", r.generation.role.as_str(), r.generation.content);
+        println!("\n==================================\n");
+    }
+    Ok(())
+}
+
+fn interactive(a: ChatArgs) -> Result<()> {
+    if a.sampling.json {
+        bail!("--json needs --dialogs or a MESSAGE");
+    }
+    let mut llama = load(&a.model, 1)?;
+    let opts = a.sampling.options();
+    let mut dialog: Dialog = Vec::new();
+    if let Some(s) = &a.system {
+        dialog.push(Message::new(Role::System, s.clone()));
+    }
+    let tty = std::io::stdin().is_terminal();
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let mut out = std::io::stdout();
+    loop {
+        if tty {
+            print!("you> ");
+            out.flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("reading standard input")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        dialog.push(Message::new(Role::User, line));
+        if tty {
+            print!("assistant> ");
+        }
+        let answer = llama.chat_completion_stream(&dialog, &opts, &mut |delta| {
+            print!("{delta}");
+            let _ = std::io::stdout().flush();
+            ControlFlow::Continue(())
+        });
+        println!();
+        match answer {
+            Ok(a) => dialog.push(a.generation),
+            Err(e) => {
+                // Keep the session alive (e.g. the history outgrew the context).
+                eprintln!("error: {e}");
+                dialog.pop();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let tok = Tokenizer::from_file(&a.tokenizer)?;
+    if a.decode {
+        let ids: Vec<u32> = serde_json::from_str(&a.input)
+            .context("--decode expects a JSON list of non-negative token ids")?;
+        println!("{}", tok.decode(&ids)?);
+    } else {
+        println!("{}", serde_json::to_string(&tok.encode(&a.input, a.bos, a.eos))?);
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Dialogs and the Llama 2 chat format (REFERENCE §6): role validation, system-prompt
+//! merge, special-tag refusal, and the per-turn token layout with BOS/EOS inserted as
+//! ids (message text is always encoded as plain text, so typed `<s>` stays text).
+
+use serde::{Deserialize, Serialize};
+
+use crate::tokenizer::Tokenizer;
+
+/// Instruction opening tag.
+pub const B_INST: &str = "[INST]";
+/// Instruction closing tag.
+pub const E_INST: &str = "[/INST]";
+/// System block opening (with its newline).
+pub const B_SYS: &str = "<<SYS>>\n";
+/// System block closing (with its newlines).
+pub const E_SYS: &str = "\n<</SYS>>\n\n";
+/// Strings that may not appear in any message.
+pub const SPECIAL_TAGS: [&str; 4] = [B_INST, E_INST, "<<SYS>>", "<</SYS>>"];
+/// The reference's answer content for a dialog containing special tags.
+pub const UNSAFE_ERROR: &str = "Error: special tags are not allowed as part of the prompt.";
+
+/// Who wrote a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions for the assistant (first message only).
+    System,
+    /// The human.
+    User,
+    /// The model.
+    Assistant,
+}
+
+impl Role {
+    /// The role's name as the reference spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One chat message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Author.
+    pub role: Role,
+    /// Text.
+    pub content: String,
+}
+
+impl Message {
+    /// A message from `role`.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// A conversation: optional system message, then user/assistant turns ending with user.
+pub type Dialog = Vec<Message>;
+
+/// Why a dialog cannot be formatted. Messages are the reference's assertion texts.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DialogError {
+    /// Roles do not go (system,) user, assistant, user, …
+    #[error("model only supports 'system', 'user' and 'assistant' roles, starting with 'system', then 'user' and alternating (u/a/u/a/u...)")]
+    RoleOrder,
+    /// The last message is not the user's.
+    #[error("Last message must be from user, got {}", .0.as_str())]
+    LastNotUser(Role),
+    /// No messages at all.
+    #[error("dialog is empty: it needs at least one user message")]
+    Empty,
+}
+
+/// True when any message contains one of [`SPECIAL_TAGS`].
+pub fn has_special_tags(dialog: &[Message]) -> bool {
+    dialog
+        .iter()
+        .any(|m| SPECIAL_TAGS.iter().any(|t| m.content.contains(t)))
+}
+
+/// Python's `str.strip()`: Rust's `char::is_whitespace` plus U+001C..U+001F, which
+/// Python also treats as whitespace.
+pub fn python_strip(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+}
+
+/// The dialog after the system message is merged into the first user message.
+fn merged(dialog: &[Message]) -> Result<Vec<Message>, DialogError> {
+    match dialog {
+        [] => Err(DialogError::Empty),
+        [sys, next, rest @ ..] if sys.role == Role::System => {
+            let mut out = vec![Message::new(
+                next.role,
+                format!("{B_SYS}{}{E_SYS}{}", sys.content, next.content),
+            )];
+            out.extend_from_slice(rest);
+            Ok(out)
+        }
+        [only] if only.role == Role::System => Err(DialogError::RoleOrder),
+        _ => Ok(dialog.to_vec()),
+    }
+}
+
+/// Checks the role order exactly as the reference's assertions do.
+pub fn validate(dialog: &[Message]) -> Result<(), DialogError> {
+    merged(dialog).and_then(|d| check_roles(&d))
+}
+
+fn check_roles(d: &[Message]) -> Result<(), DialogError> {
+    let alternates = d.iter().enumerate().all(|(i, m)| {
+        m.role
+            == if i % 2 == 0 {
+                Role::User
+            } else {
+                Role::Assistant
+            }
+    });
+    if !alternates {
+        return Err(DialogError::RoleOrder);
+    }
+    match d.last() {
+        Some(m) if m.role != Role::User => Err(DialogError::LastNotUser(m.role)),
+        _ => Ok(()),
+    }
+}
+
+/// The prompt token ids the reference feeds the model for `dialog`.
+pub fn encode_dialog(tok: &Tokenizer, dialog: &[Message]) -> Result<Vec<u32>, DialogError> {
+    let d = merged(dialog)?;
+    check_roles(&d)?;
+    let mut ids = Vec::new();
+    for pair in d.chunks_exact(2) {
+        let text = format!(
+            "{B_INST} {} {E_INST} {} ",
+            python_strip(&pair[0].content),
+            python_strip(&pair[1].content)
+        );
+        ids.extend(tok.encode(&text, true, true));
+    }
+    if let Some(last) = d.last() {
+        let text = format!("{B_INST} {} {E_INST}", python_strip(&last.content));
+        ids.extend(tok.encode(&text, true, false));
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(role: Role, c: &str) -> Message {
+        Message::new(role, c)
+    }
+
+    #[test]
+    fn role_rules() {
+        use Role::*;
+        assert_eq!(validate(&[m(User, "hi")]), Ok(()));
+        assert_eq!(validate(&[m(System, "s"), m(User, "hi")]), Ok(()));
+        assert_eq!(validate(&[m(User, "a"), m(Assistant, "b"), m(User, "c")]), Ok(()));
+        assert_eq!(validate(&[]), Err(DialogError::Empty));
+        assert_eq!(validate(&[m(System, "s")]), Err(DialogError::RoleOrder));
+        assert_eq!(validate(&[m(Assistant, "a")]), Err(DialogError::RoleOrder));
+        assert_eq!(validate(&[m(User, "a"), m(User, "b")]), Err(DialogError::RoleOrder));
+        assert_eq!(
+            validate(&[m(User, "a"), m(System, "b"), m(User, "c")]),
+            Err(DialogError::RoleOrder)
+        );
+        assert_eq!(
+            validate(&[m(User, "a"), m(Assistant, "b")]),
+            Err(DialogError::LastNotUser(Assistant))
+        );
+        assert_eq!(
+            DialogError::LastNotUser(Assistant).to_string(),
+            "Last message must be from user, got assistant"
+        );
+    }
+
+    #[test]
+    fn special_tags_and_strip() {
+        assert!(has_special_tags(&[m(Role::User, "x [/INST] y")]));
+        assert!(has_special_tags(&[m(Role::System, "<</SYS>>")]));
+        assert!(!has_special_tags(&[m(Role::User, "[INST ] <SYS> <s>")]));
+        assert_eq!(python_strip("\u{1f} \t hi \u{3000}\n"), "hi");
+        assert_eq!(python_strip("\u{200b}x"), "\u{200b}x"); // zero-width space is not whitespace
+    }
+}
