@@ -69,6 +69,9 @@ struct SamplingArgs {
     /// Print results as JSON, shaped like the reference's return value.
     #[arg(long)]
     json: bool,
+    /// Print token counts and speeds to standard error.
+    #[arg(long)]
+    stats: bool,
 }
 
 #[derive(Args)]
@@ -158,6 +161,24 @@ impl SamplingArgs {
     }
 }
 
+impl SamplingArgs {
+    fn report(&self, llama: &Llama) {
+        if self.stats {
+            let s = llama.last_stats();
+            eprintln!(
+                "prompt: {} tokens in {:.3}s ({:.1} tok/s); generated: {} tokens in {:.3}s ({:.1} tok/s); {} threads",
+                s.prompt_tokens,
+                s.prefill.as_secs_f64(),
+                s.prefill_tokens_per_s(),
+                s.generated_tokens,
+                s.decode.as_secs_f64(),
+                s.decode_tokens_per_s(),
+                llama.threads()
+            );
+        }
+    }
+}
+
 fn load(m: &ModelArgs, batch: usize) -> Result<Llama> {
     let spinner = std::io::stderr().is_terminal().then(|| {
         let s = indicatif::ProgressBar::new_spinner();
@@ -193,6 +214,7 @@ fn complete(a: CompleteArgs) -> Result<()> {
         ..a.sampling.options()
     };
     let results = llama.text_completion(&a.prompts, &opts)?;
+    a.sampling.report(&llama);
     if a.sampling.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
@@ -211,8 +233,10 @@ fn complete(a: CompleteArgs) -> Result<()> {
 
 fn chat(a: ChatArgs) -> Result<()> {
     let dialogs: Vec<Dialog> = if let Some(path) = &a.dialogs {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| llama2::Error::Io { path: path.clone(), source: e })?;
+        let text = std::fs::read_to_string(path).map_err(|e| llama2::Error::Io {
+            path: path.clone(),
+            source: e,
+        })?;
         serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid dialog JSON", path.display()))?
     } else if let Some(msg) = &a.message {
@@ -227,6 +251,7 @@ fn chat(a: ChatArgs) -> Result<()> {
     };
     let mut llama = load(&a.model, dialogs.len())?;
     let results = llama.chat_completion(&dialogs, &a.sampling.options())?;
+    a.sampling.report(&llama);
     if a.sampling.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
@@ -294,7 +319,10 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
             .context("--decode expects a JSON list of non-negative token ids")?;
         println!("{}", tok.decode(&ids)?);
     } else {
-        println!("{}", serde_json::to_string(&tok.encode(&a.input, a.bos, a.eos))?);
+        println!(
+            "{}",
+            serde_json::to_string(&tok.encode(&a.input, a.bos, a.eos))?
+        );
     }
     Ok(())
 }

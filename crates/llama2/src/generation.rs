@@ -59,6 +59,31 @@ pub struct GenerationOutput {
     pub logprobs: Option<Vec<f32>>,
 }
 
+/// Timing of the last [`Llama::generate`] call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct GenerationStats {
+    /// Prompt tokens processed in the prefill pass.
+    pub prompt_tokens: usize,
+    /// Tokens generated (EOS included), over all rows.
+    pub generated_tokens: usize,
+    /// Wall time of the prefill pass.
+    pub prefill: std::time::Duration,
+    /// Wall time of sampling and decode steps.
+    pub decode: std::time::Duration,
+}
+
+impl GenerationStats {
+    /// Prompt tokens per second.
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
+    }
+
+    /// Generated tokens per second.
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        self.generated_tokens as f64 / self.decode.as_secs_f64().max(1e-9)
+    }
+}
+
 /// One `text_completion` result, shaped like the reference's dict.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CompletionPrediction {
@@ -161,6 +186,7 @@ pub struct Llama {
     pool: rayon::ThreadPool,
     sampler: Sampler,
     rope: crate::kernels::RopeTable,
+    stats: GenerationStats,
 }
 
 impl std::fmt::Debug for Llama {
@@ -234,6 +260,7 @@ impl Llama {
             pool,
             sampler: Sampler::new(seed),
             rope,
+            stats: GenerationStats::default(),
         })
     }
 
@@ -255,6 +282,11 @@ impl Llama {
     /// Most prompts per call.
     pub fn max_batch_size(&self) -> usize {
         self.max_batch_size
+    }
+
+    /// Timing of the last generation call.
+    pub fn last_stats(&self) -> GenerationStats {
+        self.stats
     }
 
     /// Worker threads.
@@ -283,7 +315,9 @@ impl Llama {
             all_logits: true,
         };
         let (model, rope) = (&self.model, &self.rope);
-        let mut out = self.pool.install(|| model.forward(&mut cache, rope, &[chunk]))?;
+        let mut out = self
+            .pool
+            .install(|| model.forward(&mut cache, rope, &[chunk]))?;
         Ok(out.remove(0))
     }
 
@@ -362,7 +396,16 @@ impl Llama {
             })
             .collect();
         let (model, rope) = (&self.model, &self.rope);
-        let prefill = self.pool.install(|| model.forward(&mut cache, rope, &chunks))?;
+        let started = std::time::Instant::now();
+        let prefill = self
+            .pool
+            .install(|| model.forward(&mut cache, rope, &chunks))?;
+        self.stats = GenerationStats {
+            prompt_tokens: prompt_tokens.iter().map(Vec::len).sum(),
+            prefill: started.elapsed(),
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
 
         let vocab = self.model.vocab_size();
         let mut prompt_lp: Vec<Vec<f32>> = vec![Vec::new(); bsz];
@@ -393,6 +436,7 @@ impl Llama {
                 }
                 let logits = &last_logits[row];
                 let tok = self.sampler.sample(logits, params);
+                self.stats.generated_tokens += 1;
                 if tok == eos {
                     active[row] = false;
                     continue;
@@ -425,12 +469,15 @@ impl Llama {
                 })
                 .collect();
             let (model, rope) = (&self.model, &self.rope);
-            let out = self.pool.install(|| model.forward(&mut cache, rope, &chunks))?;
+            let out = self
+                .pool
+                .install(|| model.forward(&mut cache, rope, &chunks))?;
             for ((row, _), logits) in step.iter().zip(out) {
                 last_logits[*row] = logits;
             }
         }
 
+        self.stats.decode = started.elapsed();
         let mut outputs = Vec::with_capacity(bsz);
         for row in 0..bsz {
             let (mut tokens, mut lps) = if opts.echo {
@@ -440,7 +487,10 @@ impl Llama {
                 l.extend_from_slice(&gen_lp[row]);
                 (t, l)
             } else {
-                (std::mem::take(&mut generated[row]), std::mem::take(&mut gen_lp[row]))
+                (
+                    std::mem::take(&mut generated[row]),
+                    std::mem::take(&mut gen_lp[row]),
+                )
             };
             // With echo a prompt may itself hold EOS (earlier chat turns): the
             // reference cuts there too.
@@ -457,7 +507,10 @@ impl Llama {
     }
 
     fn piece_texts(&self, tokens: &[u32]) -> Result<Vec<String>> {
-        tokens.iter().map(|&t| self.tokenizer.decode(&[t])).collect()
+        tokens
+            .iter()
+            .map(|&t| self.tokenizer.decode(&[t]))
+            .collect()
     }
 
     /// The reference's `text_completion`: each prompt encoded with BOS, continued.
@@ -594,14 +647,14 @@ impl Llama {
         let mut decoder = StreamDecoder::new();
         let tokenizer = Arc::clone(&self.tokenizer);
         let mut decode_err = None;
-        let mut outs = self.generate_with(tokens, opts, &mut |_, id| {
-            match decoder.push(&tokenizer, id) {
-                Ok(delta) if delta.is_empty() => ControlFlow::Continue(()),
-                Ok(delta) => on_text(&delta),
-                Err(e) => {
-                    decode_err = Some(e);
-                    ControlFlow::Break(())
-                }
+        let mut outs = self.generate_with(tokens, opts, &mut |_, id| match decoder
+            .push(&tokenizer, id)
+        {
+            Ok(delta) if delta.is_empty() => ControlFlow::Continue(()),
+            Ok(delta) => on_text(&delta),
+            Err(e) => {
+                decode_err = Some(e);
+                ControlFlow::Break(())
             }
         })?;
         if let Some(e) = decode_err {

@@ -20,6 +20,7 @@ pub use chat::{Dialog, DialogError, Message, Role};
 pub use config::ModelArgs;
 pub use error::{Error, Result};
 pub use generation::{
-    ChatPrediction, CompletionPrediction, GenerationOptions, Llama, LlamaBuilder,
+    ChatPrediction, CompletionPrediction, GenerationOptions, GenerationOutput, GenerationStats,
+    Llama, LlamaBuilder,
 };
 pub use tokenizer::{StreamDecoder, Tokenizer};

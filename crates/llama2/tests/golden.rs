@@ -76,10 +76,16 @@ fn greedy_text_completion_matches_reference_alone_and_batched() {
         let prompts: Vec<&str> = text.iter().map(|c| c["prompt"].as_str().unwrap()).collect();
         let mut llama = build(model, "meta", prompts.len());
         // All prompts (mixed lengths) in one batch, with logprobs.
-        let batch = llama.text_completion(&prompts, &greedy(true, false)).unwrap();
+        let batch = llama
+            .text_completion(&prompts, &greedy(true, false))
+            .unwrap();
         for (c, r) in text.iter().zip(&batch) {
             let name = &c["name"];
-            assert_eq!(r.generation, c["completion_text"].as_str().unwrap(), "{model} {name}");
+            assert_eq!(
+                r.generation,
+                c["completion_text"].as_str().unwrap(),
+                "{model} {name}"
+            );
             let toks: Vec<String> =
                 serde_json::from_value(c["completion_token_texts"].clone()).unwrap();
             assert_eq!(r.tokens.as_ref().unwrap(), &toks, "{model} {name}");
@@ -91,7 +97,12 @@ fn greedy_text_completion_matches_reference_alone_and_batched() {
         for c in &text {
             let prompt = ids(&c["prompt_ids"]);
             let alone = llama.generate(&[prompt], &greedy(false, false)).unwrap();
-            assert_eq!(alone[0].tokens, ids(&c["completion_ids"]), "{model} {}", c["name"]);
+            assert_eq!(
+                alone[0].tokens,
+                ids(&c["completion_ids"]),
+                "{model} {}",
+                c["name"]
+            );
         }
     }
 }
@@ -103,13 +114,19 @@ fn echo_returns_prompt_text_and_prompt_logprobs() {
         let text = cases(&g, "text_completion");
         let prompts: Vec<&str> = text.iter().map(|c| c["prompt"].as_str().unwrap()).collect();
         let mut llama = build(model, "meta", prompts.len());
-        let out = llama.text_completion(&prompts, &greedy(true, true)).unwrap();
+        let out = llama
+            .text_completion(&prompts, &greedy(true, true))
+            .unwrap();
         for (c, r) in text.iter().zip(&out) {
             assert_eq!(r.generation, c["echo_text"].as_str().unwrap());
             let mut want = floats(&c["prompt_logprobs"]);
             want.extend(floats(&c["completion_logprobs"]));
             let err = max_abs_diff(r.logprobs.as_ref().unwrap(), &want);
-            assert!(err < 1e-4, "{model} {}: echo logprob error {err}", c["name"]);
+            assert!(
+                err < 1e-4,
+                "{model} {}: echo logprob error {err}",
+                c["name"]
+            );
             assert_eq!(r.logprobs.as_ref().unwrap()[0], 0.0);
         }
     }
@@ -126,11 +143,16 @@ fn chat_completion_matches_reference() {
             let prompt = llama2::chat::encode_dialog(llama.tokenizer(), d).unwrap();
             assert_eq!(prompt, ids(&c["prompt_ids"]), "{model} {}", c["name"]);
         }
-        let out = llama.chat_completion(&dialogs, &greedy(true, false)).unwrap();
+        let out = llama
+            .chat_completion(&dialogs, &greedy(true, false))
+            .unwrap();
         for (c, r) in chats.iter().zip(&out) {
             assert_eq!(r.generation.role, llama2::Role::Assistant);
             assert_eq!(r.generation.content, c["chat_content"].as_str().unwrap());
-            let err = max_abs_diff(r.logprobs.as_ref().unwrap(), &floats(&c["completion_logprobs"]));
+            let err = max_abs_diff(
+                r.logprobs.as_ref().unwrap(),
+                &floats(&c["completion_logprobs"]),
+            );
             assert!(err < 1e-4, "{model} {}: logprob error {err}", c["name"]);
         }
     }
@@ -148,7 +170,9 @@ fn two_shard_checkpoint_equals_one_shard() {
         }
         let mut two = two;
         let c = &g["cases"][1];
-        let out = two.generate(&[ids(&c["prompt_ids"])], &greedy(false, false)).unwrap();
+        let out = two
+            .generate(&[ids(&c["prompt_ids"])], &greedy(false, false))
+            .unwrap();
         assert_eq!(out[0].tokens, ids(&c["completion_ids"]));
     }
 }
@@ -165,14 +189,22 @@ fn special_tag_dialog_is_refused_without_disturbing_the_batch() {
     .unwrap();
     dialogs.insert(1, bad);
     let mut llama = build(model, "meta", dialogs.len());
-    let out = llama.chat_completion(&dialogs, &greedy(false, false)).unwrap();
+    let out = llama
+        .chat_completion(&dialogs, &greedy(false, false))
+        .unwrap();
     assert_eq!(out.len(), 3);
     assert_eq!(
         out[1].generation.content,
         "Error: special tags are not allowed as part of the prompt."
     );
-    assert_eq!(out[0].generation.content, chats[0]["chat_content"].as_str().unwrap());
-    assert_eq!(out[2].generation.content, chats[1]["chat_content"].as_str().unwrap());
+    assert_eq!(
+        out[0].generation.content,
+        chats[0]["chat_content"].as_str().unwrap()
+    );
+    assert_eq!(
+        out[2].generation.content,
+        chats[1]["chat_content"].as_str().unwrap()
+    );
 }
 
 #[test]
@@ -217,7 +249,13 @@ fn sampling_is_reproducible_with_a_seed() {
     let b = llama.text_completion(&["Hello there"], &opts).unwrap();
     assert_eq!(a, b);
     let c = llama
-        .text_completion(&["Hello there"], &GenerationOptions { seed: Some(43), ..opts.clone() })
+        .text_completion(
+            &["Hello there"],
+            &GenerationOptions {
+                seed: Some(43),
+                ..opts.clone()
+            },
+        )
         .unwrap();
     assert_ne!(a[0].generation, c[0].generation);
 }
@@ -229,21 +267,31 @@ fn generation_limits_follow_the_reference() {
         .max_batch_size(2)
         .build()
         .unwrap();
-    let p = llama.tokenizer().encode("I believe the meaning of life is", true, false);
+    let p = llama
+        .tokenizer()
+        .encode("I believe the meaning of life is", true, false);
     assert_eq!(p.len(), 8);
     // max_gen_len None -> max_seq_len - 1, but the context cuts at 12 - 8 = 4 tokens.
-    let out = llama.generate(&[p.clone()], &greedy(false, false)).unwrap();
-    let unlimited = GenerationOptions { max_gen_len: None, ..greedy(false, false) };
-    let out2 = llama.generate(&[p.clone()], &unlimited).unwrap();
+    let out = llama.generate(std::slice::from_ref(&p), &greedy(false, false)).unwrap();
+    let unlimited = GenerationOptions {
+        max_gen_len: None,
+        ..greedy(false, false)
+    };
+    let out2 = llama.generate(std::slice::from_ref(&p), &unlimited).unwrap();
     assert_eq!(out[0].tokens.len(), 4);
     assert_eq!(out2[0].tokens, out[0].tokens);
     let g = golden("tiny-mha");
     assert_eq!(out[0].tokens, ids(&g["cases"][0]["completion_ids"])[..4]);
     // A prompt that fills the context generates nothing; zero max_gen_len too.
     let full = vec![1u32; 12];
-    assert!(llama.generate(&[full], &greedy(false, false)).unwrap()[0].tokens.is_empty());
-    let zero = GenerationOptions { max_gen_len: Some(0), ..greedy(false, true) };
-    assert_eq!(llama.generate(&[p.clone()], &zero).unwrap()[0].tokens, p);
+    assert!(llama.generate(&[full], &greedy(false, false)).unwrap()[0]
+        .tokens
+        .is_empty());
+    let zero = GenerationOptions {
+        max_gen_len: Some(0),
+        ..greedy(false, true)
+    };
+    assert_eq!(llama.generate(std::slice::from_ref(&p), &zero).unwrap()[0].tokens, p);
 }
 
 #[test]
@@ -258,11 +306,22 @@ fn bad_requests_are_typed_errors() {
     let long = "word ".repeat(200);
     assert!(matches!(
         llama.text_completion(&[long.as_str()], &GenerationOptions::default()),
-        Err(Error::PromptTooLong { index: 0, max_seq_len: 128, .. })
+        Err(Error::PromptTooLong {
+            index: 0,
+            max_seq_len: 128,
+            ..
+        })
     ));
     for (t, p) in [(-1.0, 0.9), (0.6, 0.0), (0.6, 1.5)] {
-        let o = GenerationOptions { temperature: t, top_p: p, ..Default::default() };
-        assert!(matches!(llama.text_completion(&["a"], &o), Err(Error::InvalidArgument(_))));
+        let o = GenerationOptions {
+            temperature: t,
+            top_p: p,
+            ..Default::default()
+        };
+        assert!(matches!(
+            llama.text_completion(&["a"], &o),
+            Err(Error::InvalidArgument(_))
+        ));
     }
     assert!(matches!(
         llama.generate(&[vec![1, 32000]], &GenerationOptions::default()),
@@ -276,25 +335,41 @@ fn bad_requests_are_typed_errors() {
         r#"[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]"#,
     )
     .unwrap()];
-    let e = llama.chat_completion(&bad, &GenerationOptions::default()).unwrap_err();
-    assert_eq!(e.to_string(), "Last message must be from user, got assistant");
+    let e = llama
+        .chat_completion(&bad, &GenerationOptions::default())
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Last message must be from user, got assistant"
+    );
     let bad: Vec<Dialog> = vec![serde_json::from_str(
         r#"[{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]"#,
     )
     .unwrap()];
-    let e = llama.chat_completion(&bad, &GenerationOptions::default()).unwrap_err();
-    assert!(e.to_string().starts_with("model only supports 'system', 'user' and 'assistant' roles"));
+    let e = llama
+        .chat_completion(&bad, &GenerationOptions::default())
+        .unwrap_err();
+    assert!(e
+        .to_string()
+        .starts_with("model only supports 'system', 'user' and 'assistant' roles"));
 }
 
 #[test]
 fn chat_format_fixture_prompts() {
     let tok = llama2::Tokenizer::from_file(&tokenizer_path()).unwrap();
-    let text = std::fs::read_to_string(fixtures().join("tokenizer/chat_format_cases.json")).unwrap();
+    let text =
+        std::fs::read_to_string(fixtures().join("tokenizer/chat_format_cases.json")).unwrap();
     let cases: Vec<Value> = serde_json::from_str(&text).unwrap();
     assert_eq!(cases.len(), 10);
     for c in &cases {
         let d = dialog(c);
-        assert_eq!(llama2::chat::encode_dialog(&tok, &d).unwrap(), ids(&c["prompt_ids"]));
-        assert_eq!(llama2::chat::has_special_tags(&d), c["unsafe"].as_bool().unwrap());
+        assert_eq!(
+            llama2::chat::encode_dialog(&tok, &d).unwrap(),
+            ids(&c["prompt_ids"])
+        );
+        assert_eq!(
+            llama2::chat::has_special_tags(&d),
+            c["unsafe"].as_bool().unwrap()
+        );
     }
 }

@@ -1,0 +1,75 @@
+//! Loading a model with a tokenizer that does not belong to it is a typed error.
+
+mod common;
+
+use common::*;
+
+/// Reads a protobuf varint at `*at`.
+fn varint(b: &[u8], at: &mut usize) -> u64 {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = b[*at];
+        *at += 1;
+        v |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    v
+}
+
+/// `tokenizer.model` with its last `drop` pieces (top-level field 1) removed.
+fn tokenizer_without_last_pieces(drop: usize) -> Vec<u8> {
+    let b = std::fs::read(tokenizer_path()).unwrap();
+    let mut fields = Vec::new();
+    let mut at = 0;
+    while at < b.len() {
+        let start = at;
+        let tag = varint(&b, &mut at);
+        assert_eq!(
+            tag & 7,
+            2,
+            "top-level fields of ModelProto are length-delimited"
+        );
+        let len = varint(&b, &mut at) as usize;
+        at += len;
+        fields.push((tag >> 3, start..at));
+    }
+    let pieces: Vec<usize> = (0..fields.len()).filter(|&i| fields[i].0 == 1).collect();
+    let dropped = &pieces[pieces.len() - drop..];
+    let mut out = Vec::new();
+    for (i, (_, r)) in fields.iter().enumerate() {
+        if !dropped.contains(&i) {
+            out.extend_from_slice(&b[r.clone()]);
+        }
+    }
+    out
+}
+
+#[test]
+fn tokenizer_vocabulary_must_match_the_output_layer() {
+    let bytes = tokenizer_without_last_pieces(3);
+    let tok = llama2::Tokenizer::from_bytes(&bytes).unwrap();
+    assert_eq!(tok.n_words(), 31997);
+    let path = std::env::temp_dir().join(format!("llama2-small-tok-{}.model", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let err = llama2::Llama::build(model_dir("tiny-mha").join("meta"), &path, 64, 1).unwrap_err();
+    std::fs::remove_file(&path).ok();
+    assert!(matches!(err, llama2::Error::Checkpoint { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("31997") && msg.contains("32000"), "{msg}");
+}
+
+#[test]
+fn build_limits_are_checked() {
+    let dir = model_dir("tiny-mha").join("meta");
+    for (seq, batch) in [(0, 1), (16, 0)] {
+        let err = llama2::Llama::build(&dir, tokenizer_path(), seq, batch).unwrap_err();
+        assert!(matches!(err, llama2::Error::InvalidArgument(_)), "{err:?}");
+    }
+    let err = llama2::Llama::builder(&dir, tokenizer_path())
+        .threads(0)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, llama2::Error::InvalidArgument(_)), "{err:?}");
+}
