@@ -164,11 +164,17 @@ mod tests {
         use Role::*;
         assert_eq!(validate(&[m(User, "hi")]), Ok(()));
         assert_eq!(validate(&[m(System, "s"), m(User, "hi")]), Ok(()));
-        assert_eq!(validate(&[m(User, "a"), m(Assistant, "b"), m(User, "c")]), Ok(()));
+        assert_eq!(
+            validate(&[m(User, "a"), m(Assistant, "b"), m(User, "c")]),
+            Ok(())
+        );
         assert_eq!(validate(&[]), Err(DialogError::Empty));
         assert_eq!(validate(&[m(System, "s")]), Err(DialogError::RoleOrder));
         assert_eq!(validate(&[m(Assistant, "a")]), Err(DialogError::RoleOrder));
-        assert_eq!(validate(&[m(User, "a"), m(User, "b")]), Err(DialogError::RoleOrder));
+        assert_eq!(
+            validate(&[m(User, "a"), m(User, "b")]),
+            Err(DialogError::RoleOrder)
+        );
         assert_eq!(
             validate(&[m(User, "a"), m(System, "b"), m(User, "c")]),
             Err(DialogError::RoleOrder)

@@ -61,8 +61,12 @@ impl KvCache {
             slots,
             max_seq_len,
             kv_dim,
-            k: (0..model.args.n_layers).map(|_| vec![0.0; per_layer]).collect(),
-            v: (0..model.args.n_layers).map(|_| vec![0.0; per_layer]).collect(),
+            k: (0..model.args.n_layers)
+                .map(|_| vec![0.0; per_layer])
+                .collect(),
+            v: (0..model.args.n_layers)
+                .map(|_| vec![0.0; per_layer])
+                .collect(),
         }
     }
 
@@ -224,7 +228,10 @@ impl Transformer {
             }
         }
         let n = where_.len();
-        let tokens: Vec<u32> = chunks.iter().flat_map(|c| c.tokens.iter().copied()).collect();
+        let tokens: Vec<u32> = chunks
+            .iter()
+            .flat_map(|c| c.tokens.iter().copied())
+            .collect();
 
         let mut x = vec![0.0f32; n * dim];
         for (row, &t) in x.chunks_exact_mut(dim).zip(&tokens) {

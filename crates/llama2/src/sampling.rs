@@ -79,15 +79,20 @@ impl Sampler {
 /// `probs_sum - probs_sort > p` mask does. Probabilities are not renormalised.
 pub fn top_p_filter(probs: &[f32], top_p: f32) -> (Vec<u32>, Vec<f32>) {
     let mut order: Vec<u32> = (0..probs.len() as u32).collect();
-    order.sort_by(|&a, &b| probs[b as usize].total_cmp(&probs[a as usize]).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        probs[b as usize]
+            .total_cmp(&probs[a as usize])
+            .then(a.cmp(&b))
+    });
     let mut kept = Vec::new();
     let mut cum = 0.0f32;
     for &id in &order {
         let p = probs[id as usize];
-        if cum > top_p {
+        cum += p;
+        // Exactly the reference's float expression: cumsum - prob > p.
+        if cum - p > top_p {
             break;
         }
-        cum += p;
         kept.push(p);
     }
     order.truncate(kept.len());
@@ -120,8 +125,18 @@ mod tests {
     fn params_are_validated() {
         assert!(SamplingParams::new(0.6, 0.9).is_ok());
         assert!(SamplingParams::new(0.0, 1.0).is_ok());
-        for (t, p) in [(-0.1, 0.9), (f32::NAN, 0.9), (f32::INFINITY, 0.9), (0.6, 0.0), (0.6, 1.01), (0.6, f32::NAN)] {
-            assert!(matches!(SamplingParams::new(t, p), Err(Error::InvalidArgument(_))), "{t} {p}");
+        for (t, p) in [
+            (-0.1, 0.9),
+            (f32::NAN, 0.9),
+            (f32::INFINITY, 0.9),
+            (0.6, 0.0),
+            (0.6, 1.01),
+            (0.6, f32::NAN),
+        ] {
+            assert!(
+                matches!(SamplingParams::new(t, p), Err(Error::InvalidArgument(_))),
+                "{t} {p}"
+            );
         }
     }
 
@@ -130,7 +145,8 @@ mod tests {
         let probs = [0.1, 0.5, 0.25, 0.15];
         // sorted: 0.5 (1), 0.25 (2), 0.15 (3), 0.1 (0); mass before: 0, .5, .75, .9
         assert_eq!(top_p_filter(&probs, 0.85).0, vec![1, 2, 3]);
-        assert_eq!(top_p_filter(&probs, 0.5).0, vec![1]);
+        assert_eq!(top_p_filter(&probs, 0.5).0, vec![1, 2]); // 0.5 > 0.5 is false
+        assert_eq!(top_p_filter(&probs, 0.4).0, vec![1]);
         assert_eq!(top_p_filter(&probs, 0.6).0, vec![1, 2]);
         assert_eq!(top_p_filter(&probs, 0.01).0, vec![1]);
         assert_eq!(top_p_filter(&probs, 1.0).0, vec![1, 2, 3, 0]);
@@ -160,13 +176,20 @@ mod tests {
         for _ in 0..draws {
             counts[sampler.sample(&logits, params) as usize] += 1;
         }
-        assert_eq!(counts[3] + counts[4] + counts[5], 0, "token outside the nucleus drawn");
+        assert_eq!(
+            counts[3] + counts[4] + counts[5],
+            0,
+            "token outside the nucleus drawn"
+        );
         for i in 0..3 {
             let expected = probs[i] as f64 / kept_mass;
             let freq = counts[i] as f64 / draws as f64;
             // 5 standard deviations of a binomial proportion (< 0.006 here).
             let sd = (expected * (1.0 - expected) / draws as f64).sqrt();
-            assert!((freq - expected).abs() < 5.0 * sd, "token {i}: {freq} vs {expected}");
+            assert!(
+                (freq - expected).abs() < 5.0 * sd,
+                "token {i}: {freq} vs {expected}"
+            );
         }
         // Temperature sharpens: at T=0.5 the top token's share grows to p^2 / sum p^2.
         let params = SamplingParams::new(0.5, 1.0).unwrap();

@@ -272,12 +272,16 @@ fn generation_limits_follow_the_reference() {
         .encode("I believe the meaning of life is", true, false);
     assert_eq!(p.len(), 8);
     // max_gen_len None -> max_seq_len - 1, but the context cuts at 12 - 8 = 4 tokens.
-    let out = llama.generate(std::slice::from_ref(&p), &greedy(false, false)).unwrap();
+    let out = llama
+        .generate(std::slice::from_ref(&p), &greedy(false, false))
+        .unwrap();
     let unlimited = GenerationOptions {
         max_gen_len: None,
         ..greedy(false, false)
     };
-    let out2 = llama.generate(std::slice::from_ref(&p), &unlimited).unwrap();
+    let out2 = llama
+        .generate(std::slice::from_ref(&p), &unlimited)
+        .unwrap();
     assert_eq!(out[0].tokens.len(), 4);
     assert_eq!(out2[0].tokens, out[0].tokens);
     let g = golden("tiny-mha");
@@ -291,7 +295,10 @@ fn generation_limits_follow_the_reference() {
         max_gen_len: Some(0),
         ..greedy(false, true)
     };
-    assert_eq!(llama.generate(std::slice::from_ref(&p), &zero).unwrap()[0].tokens, p);
+    assert_eq!(
+        llama.generate(std::slice::from_ref(&p), &zero).unwrap()[0].tokens,
+        p
+    );
 }
 
 #[test]

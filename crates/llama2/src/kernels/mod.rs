@@ -70,28 +70,30 @@ pub fn matmul(w: &Matrix, x: &[f32], out: &mut [f32]) {
     let threads = rayon::current_num_threads().max(1);
     let per_task = (rows / (threads * 8)).max(16).next_multiple_of(ROW_BLOCK);
     let out_ptr = SharedOut(out.as_mut_ptr());
-    (0..rows.div_ceil(per_task)).into_par_iter().for_each(|task| {
-        let r0 = task * per_task;
-        let r1 = (r0 + per_task).min(rows);
-        let mut wbuf = vec![0.0f32; ROW_BLOCK * cols];
-        let mut res = [0.0f32; ROW_BLOCK];
-        let mut r = r0;
-        while r < r1 {
-            let nb = ROW_BLOCK.min(r1 - r);
-            convert::to_f32(w.dtype(), w.row_bytes(r, r + nb), &mut wbuf[..nb * cols]);
-            for t in 0..n {
-                let xt = &x[t * cols..(t + 1) * cols];
-                dot::dot_rows(isa, &wbuf[..nb * cols], cols, xt, &mut res[..nb]);
-                for (i, v) in res[..nb].iter().enumerate() {
-                    // SAFETY: `t < n` and `r + i < r1 <= rows`, so the index is inside
-                    // `out` (length n * rows); each task owns rows r0..r1 exclusively,
-                    // so no two tasks write the same element.
-                    unsafe { *out_ptr.at(t * rows + r + i) = *v };
+    (0..rows.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|task| {
+            let r0 = task * per_task;
+            let r1 = (r0 + per_task).min(rows);
+            let mut wbuf = vec![0.0f32; ROW_BLOCK * cols];
+            let mut res = [0.0f32; ROW_BLOCK];
+            let mut r = r0;
+            while r < r1 {
+                let nb = ROW_BLOCK.min(r1 - r);
+                convert::to_f32(w.dtype(), w.row_bytes(r, r + nb), &mut wbuf[..nb * cols]);
+                for t in 0..n {
+                    let xt = &x[t * cols..(t + 1) * cols];
+                    dot::dot_rows(isa, &wbuf[..nb * cols], cols, xt, &mut res[..nb]);
+                    for (i, v) in res[..nb].iter().enumerate() {
+                        // SAFETY: `t < n` and `r + i < r1 <= rows`, so the index is inside
+                        // `out` (length n * rows); each task owns rows r0..r1 exclusively,
+                        // so no two tasks write the same element.
+                        unsafe { *out_ptr.at(t * rows + r + i) = *v };
+                    }
                 }
+                r += nb;
             }
-            r += nb;
-        }
-    });
+        });
 }
 
 /// Raw output pointer shared by matmul tasks that write disjoint elements.
@@ -281,7 +283,10 @@ mod tests {
                             .map(|c| exact[r * cols + c] as f64 * x[t * cols + c] as f64)
                             .sum();
                         let got = out[t * rows + r] as f64;
-                        assert!((got - want).abs() < 1e-5, "{dtype:?} {rows}x{cols}: {got} vs {want}");
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "{dtype:?} {rows}x{cols}: {got} vs {want}"
+                        );
                     }
                     // One activation row alone gives bit-identical results.
                     let mut single = vec![0.0; rows];
@@ -300,7 +305,11 @@ mod tests {
             let b: Vec<f32> = (0..len).map(|_| lcg(&mut seed)).collect();
             let want = dot_scalar(&a, &b);
             for isa in Isa::available() {
-                assert_eq!(dot(isa, &a, &b).to_bits(), want.to_bits(), "{isa:?} len {len}");
+                assert_eq!(
+                    dot(isa, &a, &b).to_bits(),
+                    want.to_bits(),
+                    "{isa:?} len {len}"
+                );
                 let mut res = [0.0f32; ROW_BLOCK];
                 let rows: Vec<f32> = a.iter().cycle().take(ROW_BLOCK * len).copied().collect();
                 dot::dot_rows(isa, &rows, len, &b, &mut res);
