@@ -575,3 +575,82 @@ fn mutated_zip_structures_never_panic() {
         }
     }
 }
+
+/// The tiny-gqa checkpoint rewritten with every storage converted by `convert`
+/// (bf16 bits → new element bytes) and the storage class renamed to `class`.
+fn rewrite_storages(tag: &str, class: &str, convert: impl Fn(u16) -> Vec<u8>) -> TempDir {
+    let src = models().join("tiny-gqa/meta");
+    let mut entries = zip_entries(&src.join("consolidated.00.pth"));
+    for (name, bytes) in entries.iter_mut() {
+        if name.ends_with("data.pkl") {
+            let pat = b"torch\nBFloat16Storage\n";
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < bytes.len() {
+                if bytes[i..].starts_with(pat) {
+                    out.extend_from_slice(format!("torch\n{class}\n").as_bytes());
+                    i += pat.len();
+                } else {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+            *bytes = out;
+        } else if name.contains("/data/") {
+            *bytes = bytes
+                .chunks_exact(2)
+                .flat_map(|b| convert(u16::from_le_bytes([b[0], b[1]])))
+                .collect();
+        }
+    }
+    let tmp = TempDir::new(tag);
+    copy_dir(&src, tmp.path());
+    write_zip(&tmp.path().join("consolidated.00.pth"), &entries, false);
+    tmp
+}
+
+fn bf16_bits_to_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+#[test]
+fn f32_and_f16_storages_load_and_run() {
+    let tok = models().join("../tokenizer/tokenizer.model");
+    let prompt = [1u32, 306, 4658, 278, 6593, 310, 2834, 338];
+    let logits_of = |dir: &Path| {
+        llama2::Llama::build(dir, &tok, 16, 1)
+            .unwrap()
+            .logits(&prompt)
+            .unwrap()
+    };
+    let bf16 = logits_of(&models().join("tiny-gqa/meta"));
+
+    // f32 storages holding the same values: bit-identical logits.
+    let f32_dir = rewrite_storages("f32", "FloatStorage", |b| {
+        bf16_bits_to_f32(b).to_le_bytes().to_vec()
+    });
+    let ck = load_meta_checkpoint(f32_dir.path()).unwrap();
+    assert_eq!(ck.tensors["output.weight"].dtype, DType::F32);
+    assert_eq!(logits_of(f32_dir.path()), bf16);
+
+    // f16 storages: values are the f16 roundings, and the model computes exactly what
+    // an f32 file holding those roundings computes.
+    let to_f16 = |b: u16| half::f16::from_f32(bf16_bits_to_f32(b));
+    let f16_dir = rewrite_storages("f16", "HalfStorage", |b| {
+        to_f16(b).to_bits().to_le_bytes().to_vec()
+    });
+    let rounded_dir = rewrite_storages("f16-as-f32", "FloatStorage", |b| {
+        to_f16(b).to_f32().to_le_bytes().to_vec()
+    });
+    let ck = load_meta_checkpoint(f16_dir.path()).unwrap();
+    let w = &ck.tensors["layers.0.attention.wq.weight"];
+    assert_eq!(w.dtype, DType::F16);
+    let orig = load_meta_checkpoint(&models().join("tiny-gqa/meta")).unwrap();
+    let want: Vec<f32> = orig.tensors["layers.0.attention.wq.weight"]
+        .bytes()
+        .chunks_exact(2)
+        .map(|b| to_f16(u16::from_le_bytes([b[0], b[1]])).to_f32())
+        .collect();
+    assert_eq!(w.to_f32_vec(), want);
+    assert_eq!(logits_of(f16_dir.path()), logits_of(rounded_dir.path()));
+}
