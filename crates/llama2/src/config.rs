@@ -29,6 +29,9 @@ pub struct ModelArgs {
     pub norm_eps: f64,
     /// Rotary base.
     pub rope_theta: f64,
+    /// Explicit FFN width (Hugging Face and GGUF configs state it); when `None` it is
+    /// computed from `dim`, `ffn_dim_multiplier` and `multiple_of` as Meta does.
+    pub ffn_hidden_dim: Option<usize>,
 }
 
 impl Default for ModelArgs {
@@ -43,6 +46,7 @@ impl Default for ModelArgs {
             ffn_dim_multiplier: None,
             norm_eps: 1e-5,
             rope_theta: 10000.0,
+            ffn_hidden_dim: None,
         }
     }
 }
@@ -63,7 +67,8 @@ impl ModelArgs {
         Ok(args)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks that the values describe a buildable model.
+    pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.dim == 0 || self.n_layers == 0 || self.n_heads == 0 {
             return bad("dim, n_layers and n_heads must be positive".into());
@@ -90,6 +95,9 @@ impl ModelArgs {
         if self.multiple_of == 0 {
             return bad("multiple_of must be positive".into());
         }
+        if self.ffn_hidden_dim == Some(0) {
+            return bad("ffn_hidden_dim must be positive".into());
+        }
         if self.vocab_size == 0 || self.vocab_size < -1 {
             return bad(format!("vocab_size {} is invalid", self.vocab_size));
         }
@@ -98,6 +106,9 @@ impl ModelArgs {
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return bad(format!("rope_theta {} must be positive", self.rope_theta));
+        }
+        if self.ffn_hidden_dim == Some(0) {
+            return bad("ffn_hidden_dim must be positive".into());
         }
         if let Some(m) = self.ffn_dim_multiplier {
             if !(m.is_finite() && m > 0.0) {
@@ -119,6 +130,9 @@ impl ModelArgs {
 
     /// FFN hidden width, computed as the reference does.
     pub fn ffn_hidden_dim(&self) -> usize {
+        if let Some(h) = self.ffn_hidden_dim {
+            return h;
+        }
         let mut h = 2 * (4 * self.dim) / 3;
         if let Some(m) = self.ffn_dim_multiplier {
             h = (m * h as f64) as usize;

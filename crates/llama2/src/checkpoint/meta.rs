@@ -7,21 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::pth::load_pth;
+use super::ModelWeights;
 use crate::config::ModelArgs;
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
-
-/// A loaded Meta checkpoint: every tensor of the full (unsharded) model.
-#[derive(Clone, Debug)]
-pub struct MetaCheckpoint {
-    /// The hyper-parameters from `params.json`.
-    pub args: ModelArgs,
-    /// Tensors by Meta name (`tok_embeddings.weight`, `layers.0.attention.wq.weight`, …),
-    /// in their stored dtype. A single shard stays memory-mapped; merged tensors are owned.
-    pub tensors: HashMap<String, Tensor>,
-    /// Vocabulary size: `params.json`'s `vocab_size`, or the embedding's rows when it is -1.
-    pub vocab_size: usize,
-}
 
 /// How model parallelism splits a tensor across shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,7 +110,7 @@ pub fn shard_count(dir: &Path) -> Result<usize> {
 /// and checks every tensor the model needs against the shapes `params.json` implies.
 ///
 /// `rope.freqs` is kept if present but not required.
-pub fn load_meta_checkpoint(dir: &Path) -> Result<MetaCheckpoint> {
+pub fn load_meta_checkpoint(dir: &Path) -> Result<ModelWeights> {
     let shards = shard_paths(dir)?;
     let params = dir.join("params.json");
     if !params.is_file() {
@@ -138,7 +127,7 @@ pub fn load_meta_checkpoint(dir: &Path) -> Result<MetaCheckpoint> {
     }
     let tensors = merge_shards(dir, &shards, loaded)?;
     let vocab_size = validate(dir, &args, &tensors)?;
-    Ok(MetaCheckpoint {
+    Ok(ModelWeights {
         args,
         tensors,
         vocab_size,

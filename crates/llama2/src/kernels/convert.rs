@@ -1,14 +1,19 @@
-//! Conversion of stored weight rows (f32, f16, bf16 little-endian bytes) to f32.
-//! Every conversion is exact: f16 and bf16 values are all representable in f32.
+//! Conversion of stored weight rows to f32: f32, f16, bf16 little-endian bytes (exact:
+//! every value is representable in f32) and ggml's quantized blocks (dequantized
+//! exactly as ggml defines them, see [`super::quant`]).
 
 use crate::tensor::DType;
 
 /// Converts `out.len()` elements of `dtype` from `bytes` into `out`.
 ///
-/// `bytes` must hold at least `out.len() * dtype.size()` bytes; alignment is not required.
+/// `bytes` must hold at least `dtype.row_bytes(out.len())` bytes (for quantized types
+/// `out.len()` must be a whole number of blocks); alignment is not required.
 pub fn to_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
     let n = out.len();
     match dtype {
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4_K | DType::Q5_K | DType::Q6_K => {
+            super::quant::dequantize(dtype, bytes, out)
+        }
         DType::F32 => {
             for (o, b) in out.iter_mut().zip(bytes[..n * 4].chunks_exact(4)) {
                 *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);

@@ -10,6 +10,7 @@
 
 pub mod convert;
 mod dot;
+pub mod quant;
 
 pub use dot::{dot, dot_scalar, Isa};
 
@@ -30,9 +31,12 @@ pub struct Matrix {
 
 impl Matrix {
     /// Wraps a 2-D tensor.
+    /// `None` unless the tensor is 2-D with rows made of whole quantization blocks.
     pub fn new(tensor: Tensor) -> Option<Matrix> {
         match tensor.shape[..] {
-            [rows, cols] => Some(Matrix { rows, cols, tensor }),
+            [rows, cols] if tensor.dtype.row_bytes(cols).is_some() => {
+                Some(Matrix { rows, cols, tensor })
+            }
             _ => None,
         }
     }
@@ -43,7 +47,7 @@ impl Matrix {
 
     /// Bytes of rows `r0..r1`.
     fn row_bytes(&self, r0: usize, r1: usize) -> &[u8] {
-        let w = self.cols * self.dtype().size();
+        let w = self.dtype().row_bytes(self.cols).unwrap_or(0);
         &self.tensor.bytes()[r0 * w..r1 * w]
     }
 
@@ -258,6 +262,7 @@ mod tests {
                     bytes.extend_from_slice(&h.to_bits().to_le_bytes());
                     exact.push(h.to_f32());
                 }
+                _ => unreachable!("float types only"),
             }
         }
         let tensor = Tensor {
