@@ -1,9 +1,27 @@
 //! Weight storage: raw little-endian bytes of one tensor, memory-mapped or owned,
 //! tagged with their element type. Kernels read rows straight from these bytes.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+
+/// Memory-maps a whole file read-only (empty files are an error: they cannot be mapped).
+pub fn map_file(path: &Path) -> Result<Arc<Mmap>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len == 0 {
+        return Err(Error::checkpoint(path, "the file is empty"));
+    }
+    // SAFETY: the mapping is only ever read, and the file is opened read-only. As with
+    // every mmap, another process truncating or rewriting the file while it is mapped
+    // would be undefined behaviour; we accept that usual caveat for zero-copy loading
+    // of multi-gigabyte weights, as every inference engine does.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    Ok(Arc::new(map))
+}
 
 /// Element type of stored weights: plain floats, or ggml's block-quantized types
 /// (a block of `block_size` values stored in `block_bytes` bytes).

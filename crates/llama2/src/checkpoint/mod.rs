@@ -4,7 +4,9 @@
 //! - [`pickle`]: a restricted unpickler that reads a `torch.save` state dict as data.
 //! - [`pth`]: one `.pth` zip archive → named tensors (memory-mapped when stored).
 //! - [`meta`]: a checkpoint folder → merged, shape-checked model tensors.
+//! - [`hf`]: a Hugging Face folder (config.json + safetensors) → the same tensors.
 
+pub mod hf;
 pub mod meta;
 pub mod pickle;
 pub mod pth;
