@@ -1,4 +1,4 @@
-//! `llama2`: the command line. Subcommands: `complete`, `chat`, `tokenize`.
+//! `llama2`: the command line. Subcommands: `complete`, `chat`, `tokenize`, `inspect`.
 //!
 //! Exit codes: 0 success, 2 bad input or usage (including clap's own errors),
 //! 3 a model or tokenizer file that cannot be loaded, 1 anything else.
@@ -10,8 +10,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
-use llama2::{Dialog, GenerationOptions, Llama, Message, Role, Tokenizer};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use llama2::{Dialog, GenerationOptions, Llama, Message, Role, TemplateChoice, Tokenizer};
+
+mod inspect;
 
 #[derive(Parser)]
 #[command(name = "llama2", version, about = "Llama 2 family models on the CPU")]
@@ -28,19 +30,28 @@ enum Command {
     Chat(ChatArgs),
     /// Encode text to token ids, or decode ids to text.
     Tokenize(TokenizeArgs),
+    /// Print a model's architecture, shapes, dtypes, tokenizer, template and size.
+    Inspect(inspect::InspectArgs),
 }
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Meta checkpoint folder (params.json + consolidated.NN.pth).
+    /// Model to run: a Meta checkpoint folder, a Hugging Face folder or a .gguf file
+    /// (default: SmolLM2-135M-Instruct, fetched on first use).
+    #[arg(long, conflicts_with = "ckpt_dir")]
+    model: Option<PathBuf>,
+    /// Meta checkpoint folder (params.json + consolidated.NN.pth); same as --model.
     #[arg(long)]
-    ckpt_dir: PathBuf,
-    /// SentencePiece tokenizer.model.
+    ckpt_dir: Option<PathBuf>,
+    /// Tokenizer file (tokenizer.model) when it is not beside the model.
     #[arg(long)]
-    tokenizer: PathBuf,
-    /// Context length per sequence (prompt + generation).
-    #[arg(long, default_value_t = 512)]
-    max_seq_len: usize,
+    tokenizer: Option<PathBuf>,
+    /// Chat format: the model's own template (auto), Llama 2's, or ChatML.
+    #[arg(long, value_enum, default_value_t = TemplateArg::Auto)]
+    template: TemplateArg,
+    /// Context length per sequence (prompt + generation); default: the model's, at most 4096.
+    #[arg(long)]
+    max_seq_len: Option<usize>,
     /// Most prompts per batch (default: as many as given).
     #[arg(long)]
     max_batch_size: Option<usize>,
@@ -49,14 +60,31 @@ struct ModelArgs {
     threads: Option<usize>,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum TemplateArg {
+    Auto,
+    Llama2,
+    Chatml,
+}
+
+impl ModelArgs {
+    /// The model path: --model, --ckpt-dir, or the default model (fetched if missing).
+    fn path(&self) -> Result<PathBuf> {
+        match (&self.model, &self.ckpt_dir) {
+            (Some(p), _) | (None, Some(p)) => Ok(p.clone()),
+            (None, None) => Ok(llama2::default_model::path_or_fetch()?),
+        }
+    }
+}
+
 #[derive(Args)]
 struct SamplingArgs {
-    /// Sampling temperature; 0 = greedy.
-    #[arg(long, default_value_t = 0.6)]
-    temperature: f32,
-    /// Nucleus sampling mass, in (0, 1].
-    #[arg(long, default_value_t = 0.9)]
-    top_p: f32,
+    /// Sampling temperature; 0 = greedy (default 0.6, or the model's own default).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Nucleus sampling mass, in (0, 1] (default 0.9, or the model's own default).
+    #[arg(long)]
+    top_p: Option<f32>,
     /// Most tokens to generate (default: max_seq_len - 1).
     #[arg(long)]
     max_gen_len: Option<usize>,
@@ -128,6 +156,7 @@ fn main() -> ExitCode {
         Command::Complete(a) => complete(a),
         Command::Chat(a) => chat(a),
         Command::Tokenize(a) => tokenize(a),
+        Command::Inspect(a) => inspect::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -149,10 +178,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 impl SamplingArgs {
-    fn options(&self) -> GenerationOptions {
+    fn options(&self, llama: &Llama) -> GenerationOptions {
+        let d = llama.default_options();
         GenerationOptions {
-            temperature: self.temperature,
-            top_p: self.top_p,
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_p: self.top_p.unwrap_or(d.top_p),
             max_gen_len: self.max_gen_len,
             logprobs: self.logprobs,
             echo: false,
@@ -180,16 +210,27 @@ impl SamplingArgs {
 }
 
 fn load(m: &ModelArgs, batch: usize) -> Result<Llama> {
+    let path = m.path()?;
     let spinner = std::io::stderr().is_terminal().then(|| {
         let s = indicatif::ProgressBar::new_spinner();
-        s.set_message(format!("loading {}", m.ckpt_dir.display()));
+        s.set_message(format!("loading {}", path.display()));
         s.enable_steady_tick(Duration::from_millis(100));
         s
     });
     let start = std::time::Instant::now();
-    let mut b = Llama::builder(&m.ckpt_dir, &m.tokenizer)
-        .max_seq_len(m.max_seq_len)
-        .max_batch_size(m.max_batch_size.unwrap_or(batch.max(1)));
+    let mut b = Llama::open(&path)
+        .max_batch_size(m.max_batch_size.unwrap_or(batch.max(1)))
+        .template(match m.template {
+            TemplateArg::Auto => TemplateChoice::Auto,
+            TemplateArg::Llama2 => TemplateChoice::Llama2,
+            TemplateArg::Chatml => TemplateChoice::ChatMl,
+        });
+    if let Some(t) = &m.tokenizer {
+        b = b.tokenizer(t);
+    }
+    if let Some(n) = m.max_seq_len {
+        b = b.max_seq_len(n);
+    }
     if let Some(t) = m.threads {
         b = b.threads(t);
     }
@@ -198,7 +239,7 @@ fn load(m: &ModelArgs, batch: usize) -> Result<Llama> {
         match &llama {
             Ok(_) => s.finish_with_message(format!(
                 "loaded {} in {:.2}s",
-                m.ckpt_dir.display(),
+                path.display(),
                 start.elapsed().as_secs_f64()
             )),
             Err(_) => s.finish_and_clear(),
@@ -211,7 +252,7 @@ fn complete(a: CompleteArgs) -> Result<()> {
     let mut llama = load(&a.model, a.prompts.len())?;
     let opts = GenerationOptions {
         echo: a.echo,
-        ..a.sampling.options()
+        ..a.sampling.options(&llama)
     };
     let results = llama.text_completion(&a.prompts, &opts)?;
     a.sampling.report(&llama);
@@ -250,7 +291,8 @@ fn chat(a: ChatArgs) -> Result<()> {
         return interactive(a);
     };
     let mut llama = load(&a.model, dialogs.len())?;
-    let results = llama.chat_completion(&dialogs, &a.sampling.options())?;
+    let opts = a.sampling.options(&llama);
+    let results = llama.chat_completion(&dialogs, &opts)?;
     a.sampling.report(&llama);
     if a.sampling.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -271,7 +313,7 @@ fn interactive(a: ChatArgs) -> Result<()> {
         bail!("--json needs --dialogs or a MESSAGE");
     }
     let mut llama = load(&a.model, 1)?;
-    let opts = a.sampling.options();
+    let opts = a.sampling.options(&llama);
     let mut dialog: Dialog = Vec::new();
     if let Some(s) = &a.system {
         dialog.push(Message::new(Role::System, s.clone()));

@@ -319,3 +319,46 @@ fn bad_input_gets_one_line_and_an_exit_code() {
         "tok.model",
     );
 }
+
+#[test]
+fn inspect_reports_architecture_and_format() {
+    let hf = fixtures().join("models/tiny-gqa/hf");
+    let v: Value = serde_json::from_str(&stdout(&llama2(&[
+        "inspect",
+        "--json",
+        hf.to_str().unwrap(),
+    ])))
+    .unwrap();
+    assert_eq!(v["format"], "Hugging Face safetensors");
+    assert_eq!(
+        (
+            v["dim"].as_u64(),
+            v["n_layers"].as_u64(),
+            v["n_heads"].as_u64()
+        ),
+        (Some(32), Some(3), Some(4))
+    );
+    assert_eq!(
+        (v["n_kv_heads"].as_u64(), v["ffn_hidden_dim"].as_u64()),
+        (Some(2), Some(128))
+    );
+    assert_eq!(v["vocab_size"], 32000);
+    assert_eq!(v["dtypes"]["BF16"]["tensors"], 3 * 9 + 3);
+    assert_eq!(v["chat_template"], "llama2");
+    let (m, t) = (model(), tokenizer());
+    let text = stdout(&llama2(&[
+        "inspect",
+        m.to_str().unwrap(),
+        "--tokenizer",
+        t.to_str().unwrap(),
+    ]));
+    assert!(
+        text.contains("Meta checkpoint") && text.contains("3 layers"),
+        "{text}"
+    );
+    assert_fails(
+        llama2(&["inspect", "/nonexistent/model"]),
+        3,
+        "/nonexistent/model",
+    );
+}

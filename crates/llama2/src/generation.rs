@@ -13,9 +13,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::chat::ChatTemplate;
 use crate::chat::{self, Dialog, Message, Role};
-use crate::checkpoint::meta::load_meta_checkpoint;
 use crate::error::{Error, Result};
+use crate::loader::{load_model, LoadedModel};
 use crate::model::{KvCache, SeqChunk, Transformer};
 use crate::sampling::{self, Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -110,21 +111,37 @@ pub struct ChatPrediction {
     pub logprobs: Option<Vec<f32>>,
 }
 
+/// Which chat format [`Llama::chat_completion`] uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum TemplateChoice {
+    /// The model's own Jinja template if it ships one, else the Llama 2 format.
+    #[default]
+    Auto,
+    /// Meta's Llama 2 format (built in, exact).
+    Llama2,
+    /// Built-in ChatML.
+    ChatMl,
+    /// A Jinja template given as source text.
+    Jinja(String),
+}
+
 /// Options of [`Llama::build`] beyond the reference's four arguments.
 #[derive(Clone, Debug)]
 pub struct LlamaBuilder {
-    ckpt_dir: PathBuf,
-    tokenizer_path: PathBuf,
-    max_seq_len: usize,
+    model_path: PathBuf,
+    tokenizer_path: Option<PathBuf>,
+    max_seq_len: Option<usize>,
     max_batch_size: usize,
     threads: Option<usize>,
     seed: u64,
+    template: TemplateChoice,
 }
 
 impl LlamaBuilder {
-    /// Context length (prompt plus generation) per sequence.
+    /// Context length (prompt plus generation) per sequence (default: the model's
+    /// trained context, capped at 4096, or 512 when the model does not state one).
     pub fn max_seq_len(mut self, n: usize) -> Self {
-        self.max_seq_len = n;
+        self.max_seq_len = Some(n);
         self
     }
 
@@ -146,33 +163,22 @@ impl LlamaBuilder {
         self
     }
 
-    /// Loads tokenizer and checkpoint and checks they belong together.
+    /// Tokenizer file to use instead of the one found with the model.
+    pub fn tokenizer(mut self, path: impl AsRef<Path>) -> Self {
+        self.tokenizer_path = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Chat format (default: [`TemplateChoice::Auto`]).
+    pub fn template(mut self, t: TemplateChoice) -> Self {
+        self.template = t;
+        self
+    }
+
+    /// Loads the model and tokenizer and checks they belong together.
     pub fn build(self) -> Result<Llama> {
-        let tokenizer = Tokenizer::from_file(&self.tokenizer_path)?;
-        let mut ckpt = load_meta_checkpoint(&self.ckpt_dir)?;
-        if ckpt.vocab_size != tokenizer.n_words() {
-            return Err(Error::checkpoint(
-                &self.ckpt_dir,
-                format!(
-                    "the tokenizer has {} pieces but the model's vocabulary has {} rows",
-                    tokenizer.n_words(),
-                    ckpt.vocab_size
-                ),
-            ));
-        }
-        let model = Transformer::from_tensors(&ckpt.args, ckpt.vocab_size, &mut ckpt.tensors)
-            .map_err(|e| match e {
-                Error::Checkpoint { msg, .. } => Error::checkpoint(&self.ckpt_dir, msg),
-                other => other,
-            })?;
-        Llama::new(
-            model,
-            tokenizer,
-            self.max_seq_len,
-            self.max_batch_size,
-            self.threads,
-            self.seed,
-        )
+        let loaded = load_model(&self.model_path, self.tokenizer_path.as_deref())?;
+        Llama::from_loaded(loaded, &self)
     }
 }
 
@@ -187,6 +193,10 @@ pub struct Llama {
     sampler: Sampler,
     rope: crate::kernels::RopeTable,
     stats: GenerationStats,
+    template: ChatTemplate,
+    /// Tokens that end a generation: the tokenizer's EOS plus the model's extra ones.
+    eos_ids: Vec<u32>,
+    defaults: GenerationOptions,
 }
 
 impl std::fmt::Debug for Llama {
@@ -202,7 +212,8 @@ impl std::fmt::Debug for Llama {
 
 impl Llama {
     /// The reference's `Llama.build(ckpt_dir, tokenizer_path, max_seq_len,
-    /// max_batch_size)`: a Meta checkpoint folder and a `tokenizer.model`.
+    /// max_batch_size)`: a Meta checkpoint folder and a `tokenizer.model` (any other
+    /// model path [`Llama::open`] accepts works too).
     pub fn build(
         ckpt_dir: impl AsRef<Path>,
         tokenizer_path: impl AsRef<Path>,
@@ -215,16 +226,80 @@ impl Llama {
             .build()
     }
 
-    /// A builder with more options (threads, seed).
+    /// A builder for a Meta checkpoint folder and its tokenizer, with more options.
     pub fn builder(ckpt_dir: impl AsRef<Path>, tokenizer_path: impl AsRef<Path>) -> LlamaBuilder {
+        Self::open(ckpt_dir).tokenizer(tokenizer_path)
+    }
+
+    /// A builder for any model path: a Meta checkpoint folder, a Hugging Face folder or
+    /// a `.gguf` file, detected from what is there.
+    pub fn open(model_path: impl AsRef<Path>) -> LlamaBuilder {
         LlamaBuilder {
-            ckpt_dir: ckpt_dir.as_ref().to_path_buf(),
-            tokenizer_path: tokenizer_path.as_ref().to_path_buf(),
-            max_seq_len: 512,
+            model_path: model_path.as_ref().to_path_buf(),
+            tokenizer_path: None,
+            max_seq_len: None,
             max_batch_size: 8,
             threads: None,
             seed: 1,
+            template: TemplateChoice::Auto,
         }
+    }
+
+    fn from_loaded(loaded: LoadedModel, b: &LlamaBuilder) -> Result<Llama> {
+        let LoadedModel {
+            path,
+            mut weights,
+            tokenizer,
+            chat_template,
+            context_length,
+            generation,
+            ..
+        } = loaded;
+        if weights.vocab_size != tokenizer.n_words() {
+            return Err(Error::checkpoint(
+                &path,
+                format!(
+                    "the tokenizer has {} pieces but the model's vocabulary has {} rows",
+                    tokenizer.n_words(),
+                    weights.vocab_size
+                ),
+            ));
+        }
+        let model =
+            Transformer::from_tensors(&weights.args, weights.vocab_size, &mut weights.tensors)
+                .map_err(|e| match e {
+                    Error::Checkpoint { msg, .. } => Error::checkpoint(&path, msg),
+                    other => other,
+                })?;
+        let template = match &b.template {
+            TemplateChoice::Llama2 => ChatTemplate::Llama2,
+            TemplateChoice::ChatMl => ChatTemplate::chatml(&tokenizer)?,
+            TemplateChoice::Jinja(src) => ChatTemplate::jinja("custom", src.clone(), &tokenizer)?,
+            TemplateChoice::Auto => match chat_template {
+                Some(src) => ChatTemplate::jinja("model", src, &tokenizer)?,
+                None => ChatTemplate::Llama2,
+            },
+        };
+        let max_seq_len = b
+            .max_seq_len
+            .unwrap_or_else(|| context_length.map_or(512, |c| c.min(4096)));
+        let mut llama = Llama::new(
+            model,
+            tokenizer,
+            max_seq_len,
+            b.max_batch_size,
+            b.threads,
+            b.seed,
+        )?;
+        llama.template = template;
+        for id in generation.eos_token_ids {
+            if (id as usize) < llama.tokenizer.n_words() && !llama.eos_ids.contains(&id) {
+                llama.eos_ids.push(id);
+            }
+        }
+        llama.defaults.temperature = generation.temperature.unwrap_or(llama.defaults.temperature);
+        llama.defaults.top_p = generation.top_p.unwrap_or(llama.defaults.top_p);
+        Ok(llama)
     }
 
     /// Wraps an already loaded model and tokenizer.
@@ -252,6 +327,7 @@ impl Llama {
             .build()
             .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} threads: {e}")))?;
         let rope = model.rope_table(max_seq_len);
+        let eos_ids = vec![tokenizer.eos_id()];
         Ok(Llama {
             model,
             tokenizer: Arc::new(tokenizer),
@@ -261,6 +337,9 @@ impl Llama {
             sampler: Sampler::new(seed),
             rope,
             stats: GenerationStats::default(),
+            template: ChatTemplate::Llama2,
+            eos_ids,
+            defaults: GenerationOptions::default(),
         })
     }
 
@@ -282,6 +361,22 @@ impl Llama {
     /// Most prompts per call.
     pub fn max_batch_size(&self) -> usize {
         self.max_batch_size
+    }
+
+    /// The chat format in use.
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// Replaces the chat format.
+    pub fn set_chat_template(&mut self, template: ChatTemplate) {
+        self.template = template;
+    }
+
+    /// The reference's defaults with the model's own (e.g. `generation_config.json`
+    /// temperature/top_p) applied.
+    pub fn default_options(&self) -> GenerationOptions {
+        self.defaults.clone()
     }
 
     /// Timing of the last generation call.
@@ -339,6 +434,18 @@ impl Llama {
         opts: &GenerationOptions,
         on_token: &mut dyn FnMut(usize, u32) -> ControlFlow<()>,
     ) -> Result<Vec<GenerationOutput>> {
+        let stops = self.eos_ids.clone();
+        self.generate_until(prompt_tokens, opts, &stops, on_token)
+    }
+
+    /// The generate loop; a row ends at any token of `stops` (excluded from the output).
+    fn generate_until(
+        &mut self,
+        prompt_tokens: &[Vec<u32>],
+        opts: &GenerationOptions,
+        stops: &[u32],
+        on_token: &mut dyn FnMut(usize, u32) -> ControlFlow<()>,
+    ) -> Result<Vec<GenerationOutput>> {
         let params = SamplingParams::new(opts.temperature, opts.top_p)?;
         let bsz = prompt_tokens.len();
         if bsz > self.max_batch_size {
@@ -370,7 +477,6 @@ impl Llama {
             self.sampler = Sampler::new(seed);
         }
         let max_gen_len = opts.max_gen_len.unwrap_or(self.max_seq_len - 1);
-        let eos = self.tokenizer.eos_id();
         // Tokens each row may generate: the reference's total_len cut, per row.
         let budget: Vec<usize> = prompt_tokens
             .iter()
@@ -437,7 +543,7 @@ impl Llama {
                 let logits = &last_logits[row];
                 let tok = self.sampler.sample(logits, params);
                 self.stats.generated_tokens += 1;
-                if tok == eos {
+                if stops.contains(&tok) {
                     active[row] = false;
                     continue;
                 }
@@ -494,7 +600,7 @@ impl Llama {
             };
             // With echo a prompt may itself hold EOS (earlier chat turns): the
             // reference cuts there too.
-            if let Some(i) = tokens.iter().position(|&t| t == eos) {
+            if let Some(i) = tokens.iter().position(|t| stops.contains(t)) {
                 tokens.truncate(i);
                 lps.truncate(i);
             }
@@ -552,8 +658,8 @@ impl Llama {
         dialogs
             .iter()
             .map(|d| {
-                let ids = chat::encode_dialog(&self.tokenizer, d)?;
-                Ok((!chat::has_special_tags(d)).then_some(ids))
+                let ids = self.template.encode(&self.tokenizer, d)?;
+                Ok((!self.template.is_refused(d)).then_some(ids))
             })
             .collect()
     }
@@ -572,7 +678,12 @@ impl Llama {
             echo: false,
             ..opts.clone()
         };
-        let mut outs = self.generate(&safe, &chat_opts)?.into_iter();
+        let stops = self.chat_stops();
+        let mut outs = self
+            .generate_until(&safe, &chat_opts, &stops, &mut |_, _| {
+                ControlFlow::Continue(())
+            })?
+            .into_iter();
         prompts
             .iter()
             .map(|p| match p {
@@ -583,6 +694,17 @@ impl Llama {
                 }
             })
             .collect()
+    }
+
+    /// Tokens that end an assistant turn: EOS ids plus the template's end-of-turn.
+    fn chat_stops(&self) -> Vec<u32> {
+        let mut stops = self.eos_ids.clone();
+        for id in self.template.stop_ids(&self.tokenizer) {
+            if !stops.contains(&id) {
+                stops.push(id);
+            }
+        }
+        stops
     }
 
     fn refusal(&self, logprobs: bool) -> ChatPrediction {
@@ -615,7 +737,8 @@ impl Llama {
             echo: false,
             ..opts.clone()
         };
-        let o = self.stream_row(&tokens, &opts, on_text)?;
+        let stops = self.eos_ids.clone();
+        let o = self.stream_row(&tokens, &opts, &stops, on_text)?;
         self.completion_prediction(o)
     }
 
@@ -634,7 +757,8 @@ impl Llama {
             echo: false,
             ..opts.clone()
         };
-        let o = self.stream_row(&[ids], &opts, on_text)?;
+        let stops = self.chat_stops();
+        let o = self.stream_row(&[ids], &opts, &stops, on_text)?;
         self.chat_prediction(o)
     }
 
@@ -642,12 +766,13 @@ impl Llama {
         &mut self,
         tokens: &[Vec<u32>],
         opts: &GenerationOptions,
+        stops: &[u32],
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<GenerationOutput> {
         let mut decoder = StreamDecoder::new();
         let tokenizer = Arc::clone(&self.tokenizer);
         let mut decode_err = None;
-        let mut outs = self.generate_with(tokens, opts, &mut |_, id| match decoder
+        let mut outs = self.generate_until(tokens, opts, stops, &mut |_, id| match decoder
             .push(&tokenizer, id)
         {
             Ok(delta) if delta.is_empty() => ControlFlow::Continue(()),

@@ -8,19 +8,22 @@
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+pub mod default_model;
 pub mod error;
 pub mod generation;
 pub mod kernels;
+pub mod loader;
 pub mod model;
 pub mod sampling;
 pub mod tensor;
 pub mod tokenizer;
 
-pub use chat::{Dialog, DialogError, Message, Role};
+pub use chat::{ChatTemplate, Dialog, DialogError, Message, Role};
 pub use config::ModelArgs;
 pub use error::{Error, Result};
 pub use generation::{
     ChatPrediction, CompletionPrediction, GenerationOptions, GenerationOutput, GenerationStats,
-    Llama, LlamaBuilder,
+    Llama, LlamaBuilder, TemplateChoice,
 };
+pub use loader::{load_model, LoadedModel, ModelFormat};
 pub use tokenizer::{StreamDecoder, Tokenizer};

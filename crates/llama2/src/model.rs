@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::config::ModelArgs;
 use crate::error::{Error, Result};
-use crate::kernels::{self, Isa, Matrix, RopeTable};
+use crate::kernels::{self, Isa, Matrix, Precision, RopeTable};
 use crate::tensor::Tensor;
 
 /// Weights of one transformer block.
@@ -37,6 +37,7 @@ pub struct Transformer {
     blocks: Vec<Block>,
     norm: Vec<f32>,
     output: Matrix,
+    precision: Precision,
 }
 
 /// Keys and values of every layer for a number of sequence slots.
@@ -152,7 +153,19 @@ impl Transformer {
             blocks,
             norm,
             output,
+            precision: Precision::default(),
         })
+    }
+
+    /// Chooses how products over quantized weights are computed (default
+    /// [`Precision::Fast`]; float weights are unaffected).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    /// The current [`Precision`].
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The model's hyper-parameters.
@@ -252,9 +265,9 @@ impl Transformer {
             for (o, i) in xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
                 kernels::rmsnorm(i, &b.attention_norm, eps, o);
             }
-            kernels::matmul(&b.wq, &xb, &mut q);
-            kernels::matmul(&b.wk, &xb, &mut k);
-            kernels::matmul(&b.wv, &xb, &mut v);
+            kernels::matmul_with(&b.wq, &xb, &mut q, self.precision);
+            kernels::matmul_with(&b.wk, &xb, &mut k, self.precision);
+            kernels::matmul_with(&b.wv, &xb, &mut v, self.precision);
             for (t, &(slot, pos)) in where_.iter().enumerate() {
                 rope.apply(&mut q[t * q_dim..(t + 1) * q_dim], pos);
                 rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], pos);
@@ -284,16 +297,16 @@ impl Transformer {
                     );
                 },
             );
-            kernels::matmul(&b.wo, &att, &mut proj);
+            kernels::matmul_with(&b.wo, &att, &mut proj, self.precision);
             add_in_place(&mut x, &proj);
 
             for (o, i) in xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
                 kernels::rmsnorm(i, &b.ffn_norm, eps, o);
             }
-            kernels::matmul(&b.w1, &xb, &mut h1);
-            kernels::matmul(&b.w3, &xb, &mut h3);
+            kernels::matmul_with(&b.w1, &xb, &mut h1, self.precision);
+            kernels::matmul_with(&b.w3, &xb, &mut h3, self.precision);
             kernels::swiglu(&mut h1, &h3);
-            kernels::matmul(&b.w2, &h1, &mut proj);
+            kernels::matmul_with(&b.w2, &h1, &mut proj, self.precision);
             add_in_place(&mut x, &proj);
         }
 
@@ -312,7 +325,7 @@ impl Transformer {
         }
         let vocab = self.vocab_size;
         let mut logits = vec![0.0f32; wanted.len() * vocab];
-        kernels::matmul(&self.output, &normed, &mut logits);
+        kernels::matmul_with(&self.output, &normed, &mut logits, self.precision);
         let mut out = Vec::with_capacity(chunks.len());
         let mut at = 0;
         for c in chunks {

@@ -157,7 +157,7 @@ fn tokenizer_info_matches() {
     assert_eq!(tok.eos_id(), info.eos_id);
     assert_eq!(info.pad_id, -1);
     assert_eq!(tok.pad_id(), None);
-    assert_eq!(tok.unk_id(), info.unk_id);
+    assert_eq!(tok.unk_id(), Some(info.unk_id));
     for (&id, piece) in &info.pieces_sample {
         assert_eq!(tok.id_to_piece(id), Some(piece.as_str()), "piece {id}");
         assert_eq!(tok.piece_to_id(piece), Some(id), "id of {piece:?}");

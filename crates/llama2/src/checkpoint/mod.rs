@@ -6,6 +6,8 @@
 //! - [`meta`]: a checkpoint folder → merged, shape-checked model tensors.
 //! - [`hf`]: a Hugging Face folder (config.json + safetensors) → the same tensors.
 
+pub mod gguf;
+pub mod gguf_write;
 pub mod hf;
 pub mod meta;
 pub mod pickle;

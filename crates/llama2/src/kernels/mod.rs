@@ -10,6 +10,7 @@
 
 pub mod convert;
 mod dot;
+pub mod qdot;
 pub mod quant;
 
 pub use dot::{dot, dot_scalar, Isa};
@@ -60,19 +61,44 @@ impl Matrix {
 /// Rows handled together by one micro-kernel call (shares each activation load).
 const ROW_BLOCK: usize = 4;
 
-/// `out[t][r] = dot(w[r], x[t])` for `n = x.len() / w.cols` activation rows.
+/// How matrix products over quantized weights are computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// llama.cpp's arithmetic: for Q8_0, Q4_0 and Q4_1 weights, activations are
+    /// quantized to 8-bit blocks and multiplied as integers ([`qdot`]).
+    #[default]
+    Fast,
+    /// Weights dequantized to f32 and multiplied with f32 activations (the
+    /// arithmetic of the float32 reference outputs).
+    Exact,
+}
+
+/// `out[t][r] = dot(w[r], x[t])` for `n = x.len() / w.cols` activation rows, in f32.
 ///
 /// `x` is `[n, cols]`, `out` is `[n, rows]`, both row-major. Runs on the current rayon
 /// pool, splitting the weight rows among workers.
 pub fn matmul(w: &Matrix, x: &[f32], out: &mut [f32]) {
+    matmul_with(w, x, out, Precision::Exact)
+}
+
+/// Rows per parallel task: enough tasks to balance the pool, few enough to keep
+/// per-task overhead small.
+fn rows_per_task(rows: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    (rows / (threads * 8)).max(16).next_multiple_of(ROW_BLOCK)
+}
+
+/// [`matmul`] with a choice of [`Precision`] for quantized weights.
+pub fn matmul_with(w: &Matrix, x: &[f32], out: &mut [f32], precision: Precision) {
     let (rows, cols) = (w.rows, w.cols);
     assert!(cols > 0 && x.len() % cols == 0, "activation width mismatch");
     let n = x.len() / cols;
     assert_eq!(out.len(), n * rows, "output size mismatch");
+    if precision == Precision::Fast && qdot::supports(w.dtype()) {
+        return matmul_q8(w, x, out);
+    }
     let isa = Isa::detect();
-    // Enough tasks to balance the pool, few enough to keep per-task overhead small.
-    let threads = rayon::current_num_threads().max(1);
-    let per_task = (rows / (threads * 8)).max(16).next_multiple_of(ROW_BLOCK);
+    let per_task = rows_per_task(rows);
     let out_ptr = SharedOut(out.as_mut_ptr());
     (0..rows.div_ceil(per_task))
         .into_par_iter()
@@ -98,6 +124,39 @@ pub fn matmul(w: &Matrix, x: &[f32], out: &mut [f32]) {
                 r += nb;
             }
         });
+}
+
+/// The 8-bit-activation product: each activation row is quantized once, then every
+/// weight row is dotted with it by [`qdot::dot`].
+fn matmul_q8(w: &Matrix, x: &[f32], out: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    let n = x.len() / cols;
+    let acts: Vec<Vec<qdot::Q8Block>> = x
+        .chunks_exact(cols)
+        .map(|row| {
+            let mut blocks = Vec::with_capacity(cols / qdot::QK);
+            qdot::quantize_activations(row, &mut blocks);
+            blocks
+        })
+        .collect();
+    let simd = Isa::detect() != Isa::Baseline;
+    let per_task = rows_per_task(rows);
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    (0..rows.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|task| {
+            let r0 = task * per_task;
+            for r in r0..(r0 + per_task).min(rows) {
+                let row = w.row_bytes(r, r + 1);
+                for (t, a) in acts.iter().enumerate() {
+                    let v = qdot::dot(w.dtype(), row, a, simd);
+                    // SAFETY: `t < n`, `r < rows`: inside `out` (n * rows long); rows are
+                    // split between tasks, so each element has exactly one writer.
+                    unsafe { *out_ptr.at(t * rows + r) = v };
+                }
+            }
+        });
+    debug_assert_eq!(acts.len(), n);
 }
 
 /// Raw output pointer shared by matmul tasks that write disjoint elements.

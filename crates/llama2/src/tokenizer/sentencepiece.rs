@@ -46,14 +46,16 @@ struct Piece {
 /// Only BPE models without Unicode normalisation rules are supported, which covers
 /// Llama 1/2 and most models derived from them.
 #[derive(Clone)]
-pub struct Tokenizer {
+pub struct SentencePieceTokenizer {
     pieces: Vec<Piece>,
     /// Piece text → id of its first occurrence.
     index: HashMap<Box<str>, u32>,
     /// USER_DEFINED piece ids, longest text first (matched greedily before BPE).
     user_defined: Vec<u32>,
+    /// Control, unknown and user-defined ids, longest text first (`encode_with_special`).
+    specials: Vec<u32>,
     /// Byte value → id of its `<0xNN>` piece.
-    byte_ids: [Option<u32>; 256],
+    byte_ids: Box<[Option<u32>; 256]>,
     unk_id: u32,
     bos_id: u32,
     eos_id: u32,
@@ -63,12 +65,14 @@ pub struct Tokenizer {
     add_dummy_prefix: bool,
     remove_extra_whitespaces: bool,
     escape_whitespaces: bool,
+    add_bos: bool,
+    add_eos: bool,
 }
 
-impl fmt::Debug for Tokenizer {
+impl fmt::Debug for SentencePieceTokenizer {
     // The derived form would print all 32000 pieces; a summary is more useful.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tokenizer")
+        f.debug_struct("SentencePieceTokenizer")
             .field("n_words", &self.pieces.len())
             .field("bos_id", &self.bos_id)
             .field("eos_id", &self.eos_id)
@@ -201,18 +205,63 @@ impl PartialEq for Candidate {
 
 impl Eq for Candidate {}
 
-impl Tokenizer {
+/// Vocabulary data as GGUF `tokenizer.ggml.model = "llama"` provides it (`tokenizer.ggml.*`
+/// arrays and ids), to build a [`SentencePieceTokenizer`] without a `tokenizer.model`.
+#[derive(Debug, Clone)]
+pub struct SentencePieceVocab {
+    /// `tokenizer.ggml.tokens`: piece texts, `▁` for spaces, `<0xNN>` for byte pieces.
+    pub tokens: Vec<String>,
+    /// `tokenizer.ggml.scores`: merge scores, one per token (higher merges first).
+    pub scores: Vec<f32>,
+    /// `tokenizer.ggml.token_type`, SentencePiece numbering: 1 normal, 2 unknown, 3 control,
+    /// 4 user-defined, 5 unused, 6 byte. Empty means all normal.
+    pub token_types: Vec<i32>,
+    /// `tokenizer.ggml.bos_token_id` (llama.cpp's default for SPM: 1).
+    pub bos_id: Option<u32>,
+    /// `tokenizer.ggml.eos_token_id` (default 2).
+    pub eos_id: Option<u32>,
+    /// `tokenizer.ggml.unknown_token_id` (default 0).
+    pub unk_id: Option<u32>,
+    /// `tokenizer.ggml.padding_token_id` (default none).
+    pub pad_id: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token` (default true).
+    pub add_bos: Option<bool>,
+    /// `tokenizer.ggml.add_eos_token` (default false).
+    pub add_eos: Option<bool>,
+    /// `tokenizer.ggml.add_space_prefix`: SentencePiece's `add_dummy_prefix` (default true).
+    pub add_space_prefix: Option<bool>,
+}
+
+/// Everything [`SentencePieceTokenizer::assemble`] needs besides the pieces.
+pub(super) struct SpOptions {
+    pub unk_id: i64,
+    pub bos_id: i64,
+    pub eos_id: i64,
+    pub pad_id: i64,
+    pub unk_surface: String,
+    pub byte_fallback: bool,
+    pub add_dummy_prefix: bool,
+    pub remove_extra_whitespaces: bool,
+    pub escape_whitespaces: bool,
+    pub add_bos: bool,
+    pub add_eos: bool,
+}
+
+/// sentencepiece's default `unk_surface`: U+2047 with a space each side.
+pub(super) const DEFAULT_UNK_SURFACE: &str = " \u{2047} ";
+
+impl SentencePieceTokenizer {
     /// Loads a SentencePiece `tokenizer.model` file.
-    pub fn from_file(path: &Path) -> Result<Tokenizer> {
+    pub fn from_file(path: &Path) -> Result<SentencePieceTokenizer> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Tokenizer::from_bytes(&bytes)
+        SentencePieceTokenizer::from_bytes(&bytes)
     }
 
     /// Parses a serialized SentencePiece `ModelProto`.
     ///
     /// Fails with [`Error::Tokenizer`] on malformed data and on models this engine does not
     /// support (non-BPE, Unicode normalisation rules, whitespace-as-suffix).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Tokenizer> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<SentencePieceTokenizer> {
         let model = proto::parse_model(bytes)?;
         let ts = &model.trainer_spec;
         let ns = &model.normalizer_spec;
@@ -239,10 +288,79 @@ impl Tokenizer {
                 "the model has a denormalizer precompiled_charsmap, which is not supported",
             ));
         }
-        if model.pieces.is_empty() {
+        let opts = SpOptions {
+            unk_id: i64::from(ts.unk_id),
+            bos_id: i64::from(ts.bos_id),
+            eos_id: i64::from(ts.eos_id),
+            pad_id: i64::from(ts.pad_id),
+            unk_surface: ts.unk_surface.clone(),
+            byte_fallback: ts.byte_fallback,
+            add_dummy_prefix: ns.add_dummy_prefix,
+            remove_extra_whitespaces: ns.remove_extra_whitespaces,
+            escape_whitespaces: ns.escape_whitespaces,
+            add_bos: true,
+            add_eos: false,
+        };
+        let raw = model
+            .pieces
+            .into_iter()
+            .map(|p| (p.piece, p.score, p.kind))
+            .collect();
+        Self::assemble(raw, opts)
+    }
+
+    /// Builds the tokenizer from GGUF-style vocabulary arrays (`tokenizer.ggml.model =
+    /// "llama"`), with llama.cpp's normalisation: spaces escaped as `▁`, an optional dummy
+    /// prefix, no whitespace clean-up, byte fallback when `<0xNN>` pieces exist.
+    ///
+    /// On the pieces, scores and types of a `tokenizer.model` this gives the same ids as
+    /// [`from_bytes`](Self::from_bytes) on that file.
+    pub fn from_vocab(v: SentencePieceVocab) -> Result<SentencePieceTokenizer> {
+        let n = v.tokens.len();
+        if v.scores.len() != n {
+            return Err(tok_err(format!("{} scores for {n} tokens", v.scores.len())));
+        }
+        if !v.token_types.is_empty() && v.token_types.len() != n {
+            return Err(tok_err(format!(
+                "{} token types for {n} tokens",
+                v.token_types.len()
+            )));
+        }
+        let types = v.token_types;
+        let raw: Vec<(String, f32, i32)> = v
+            .tokens
+            .into_iter()
+            .zip(v.scores)
+            .enumerate()
+            .map(|(i, (t, s))| (t, s, types.get(i).copied().unwrap_or(piece_type::NORMAL)))
+            .collect();
+        let byte_fallback = raw.iter().any(|r| r.2 == piece_type::BYTE);
+        let id = |x: Option<u32>, default: i64| x.map_or(default, i64::from);
+        let opts = SpOptions {
+            unk_id: id(v.unk_id, 0),
+            bos_id: id(v.bos_id, 1),
+            eos_id: id(v.eos_id, 2),
+            pad_id: id(v.pad_id, -1),
+            unk_surface: DEFAULT_UNK_SURFACE.to_string(),
+            byte_fallback,
+            add_dummy_prefix: v.add_space_prefix.unwrap_or(true),
+            remove_extra_whitespaces: false,
+            escape_whitespaces: true,
+            add_bos: v.add_bos.unwrap_or(true),
+            add_eos: v.add_eos.unwrap_or(false),
+        };
+        Self::assemble(raw, opts)
+    }
+
+    /// Validates `(text, score, SentencePiece type)` entries and ids and builds the tables.
+    pub(super) fn assemble(
+        raw: Vec<(String, f32, i32)>,
+        o: SpOptions,
+    ) -> Result<SentencePieceTokenizer> {
+        if raw.is_empty() {
             return Err(tok_err("the vocabulary is empty"));
         }
-        let n = model.pieces.len();
+        let n = raw.len();
         if u32::try_from(n).is_err() {
             return Err(tok_err(format!("vocabulary of {n} pieces is too large")));
         }
@@ -251,23 +369,22 @@ impl Tokenizer {
         let mut index = HashMap::with_capacity(n);
         let mut user_defined = Vec::new();
         let mut byte_ids = [None; 256];
-        for (id, p) in model.pieces.into_iter().enumerate() {
+        for (id, (text, score, kind)) in raw.into_iter().enumerate() {
             // `n` fits in u32 (checked above), so every id does.
             let id = id as u32;
-            if p.piece.is_empty() {
+            if text.is_empty() {
                 return Err(tok_err(format!("piece {id} is empty")));
             }
-            let kind = match p.kind {
+            let kind = match kind {
                 piece_type::NORMAL => Kind::Normal,
                 piece_type::UNKNOWN => Kind::Unknown,
                 piece_type::CONTROL => Kind::Control,
                 piece_type::USER_DEFINED => Kind::UserDefined,
                 piece_type::UNUSED => Kind::Unused,
                 piece_type::BYTE => {
-                    let b = parse_byte_piece(&p.piece).ok_or_else(|| {
+                    let b = parse_byte_piece(&text).ok_or_else(|| {
                         tok_err(format!(
-                            "byte piece {id} is {:?}, expected the form <0xNN>",
-                            p.piece
+                            "byte piece {id} is {text:?}, expected the form <0xNN>"
                         ))
                     })?;
                     let slot = &mut byte_ids[usize::from(b)];
@@ -281,18 +398,24 @@ impl Tokenizer {
             if kind == Kind::UserDefined {
                 user_defined.push(id);
             }
-            let text: Box<str> = p.piece.into_boxed_str();
+            let text: Box<str> = text.into_boxed_str();
             // Duplicates: the first occurrence wins for lookups.
             index.entry(text.clone()).or_insert(id);
-            pieces.push(Piece {
-                text,
-                score: p.score,
-                kind,
-            });
+            pieces.push(Piece { text, score, kind });
         }
         user_defined.sort_by_key(|&id| std::cmp::Reverse(pieces[id as usize].text.len()));
+        // Texts parsed by `encode_with_special`, as llama.cpp's special-token cache.
+        let specials = super::special_order(
+            (0..n as u32).filter(|&id| {
+                matches!(
+                    pieces[id as usize].kind,
+                    Kind::Control | Kind::Unknown | Kind::UserDefined
+                )
+            }),
+            |id| &*pieces[id as usize].text,
+        );
 
-        let in_range = |what: &str, v: i32| -> Result<u32> {
+        let in_range = |what: &str, v: i64| -> Result<u32> {
             u32::try_from(v)
                 .ok()
                 .filter(|&v| (v as usize) < n)
@@ -302,36 +425,86 @@ impl Tokenizer {
                     ))
                 })
         };
-        let unk_id = in_range("unk_id", ts.unk_id)?;
+        let unk_id = in_range("unk_id", o.unk_id)?;
         if pieces[unk_id as usize].kind != Kind::Unknown {
             return Err(tok_err(format!(
                 "unk_id {unk_id} ({:?}) is not an UNKNOWN piece",
                 pieces[unk_id as usize].text
             )));
         }
-        let bos_id = in_range("bos_id", ts.bos_id)?;
-        let eos_id = in_range("eos_id", ts.eos_id)?;
-        let pad_id = if ts.pad_id < 0 {
+        let bos_id = in_range("bos_id", o.bos_id)?;
+        let eos_id = in_range("eos_id", o.eos_id)?;
+        let pad_id = if o.pad_id < 0 {
             None
         } else {
-            Some(in_range("pad_id", ts.pad_id)?)
+            Some(in_range("pad_id", o.pad_id)?)
         };
 
-        Ok(Tokenizer {
+        Ok(SentencePieceTokenizer {
             pieces,
             index,
             user_defined,
-            byte_ids,
+            specials,
+            byte_ids: Box::new(byte_ids),
             unk_id,
             bos_id,
             eos_id,
             pad_id,
-            unk_surface: ts.unk_surface.clone(),
-            byte_fallback: ts.byte_fallback,
-            add_dummy_prefix: ns.add_dummy_prefix,
-            remove_extra_whitespaces: ns.remove_extra_whitespaces,
-            escape_whitespaces: ns.escape_whitespaces,
+            unk_surface: o.unk_surface,
+            byte_fallback: o.byte_fallback,
+            add_dummy_prefix: o.add_dummy_prefix,
+            remove_extra_whitespaces: o.remove_extra_whitespaces,
+            escape_whitespaces: o.escape_whitespaces,
+            add_bos: o.add_bos,
+            add_eos: o.add_eos,
         })
+    }
+
+    /// Whether the model adds `<s>` by default (`tokenizer.ggml.add_bos_token`; true for
+    /// `tokenizer.model`, as Meta's code always passes `bos=True` for prompts).
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Whether the model adds `</s>` by default (false unless the GGUF says so).
+    pub fn add_eos(&self) -> bool {
+        self.add_eos
+    }
+
+    /// The text of a control, unknown or user-defined piece (e.g. `"<s>"`), `None` for
+    /// other pieces and ids out of range.
+    pub fn special_text(&self, id: u32) -> Option<&str> {
+        let p = self.pieces.get(id as usize)?;
+        matches!(p.kind, Kind::Control | Kind::Unknown | Kind::UserDefined).then_some(&*p.text)
+    }
+
+    /// Encodes text in which special-token texts (control, unknown and user-defined pieces,
+    /// e.g. `"<s>"`) stand for those tokens, as llama.cpp's `llama_tokenize(parse_special =
+    /// true)`: the text is split at special-token occurrences (longest token first) and each
+    /// text fragment is encoded like [`encode`](Self::encode) (with its own dummy prefix).
+    pub fn encode_with_special(&self, text: &str, add_bos: bool, add_eos: bool) -> Vec<u32> {
+        let mut ids = Vec::new();
+        if add_bos {
+            ids.push(self.bos_id);
+        }
+        let specials: Vec<(u32, &str)> = self
+            .specials
+            .iter()
+            .map(|&id| (id, &*self.pieces[id as usize].text))
+            .collect();
+        for frag in super::partition(text, &specials) {
+            match frag {
+                super::Fragment::Text(t) => {
+                    let normalized = self.normalize(t);
+                    self.encode_normalized(&normalized, &mut ids);
+                }
+                super::Fragment::Token(id) => ids.push(id),
+            }
+        }
+        if add_eos {
+            ids.push(self.eos_id);
+        }
+        ids
     }
 
     /// Number of pieces in the vocabulary (Meta's `n_words`).
@@ -380,6 +553,19 @@ impl Tokenizer {
             Kind::Byte(b) => Some(b),
             _ => None,
         }
+    }
+
+    /// The SentencePiece type of piece `id` (1 normal, 2 unknown, 3 control, 4 user-defined,
+    /// 5 unused, 6 byte; GGUF `tokenizer.ggml.token_type` numbering), `None` if out of range.
+    pub fn piece_type(&self, id: u32) -> Option<i32> {
+        Some(match self.pieces.get(id as usize)?.kind {
+            Kind::Normal => piece_type::NORMAL,
+            Kind::Unknown => piece_type::UNKNOWN,
+            Kind::Control => piece_type::CONTROL,
+            Kind::UserDefined => piece_type::USER_DEFINED,
+            Kind::Unused => piece_type::UNUSED,
+            Kind::Byte(_) => piece_type::BYTE,
+        })
     }
 
     /// Whether `id` is a control token (`<s>`, `</s>`), which decodes to nothing.
@@ -616,12 +802,23 @@ impl Tokenizer {
 
     /// Appends the text of a non-byte piece. `first` says no non-control piece came before
     /// it, in which case one leading `▁` is dropped (the dummy prefix added by encode).
-    pub(super) fn push_piece_text(&self, id: u32, first: bool, out: &mut String) {
+    /// With `render_control`, control pieces append their text instead of nothing.
+    pub(super) fn push_piece_text(
+        &self,
+        id: u32,
+        first: bool,
+        render_control: bool,
+        out: &mut String,
+    ) {
         let Some(p) = self.pieces.get(id as usize) else {
             return;
         };
         match p.kind {
-            Kind::Control => {}
+            Kind::Control => {
+                if render_control {
+                    out.push_str(&p.text);
+                }
+            }
             Kind::Unknown => out.push_str(&self.unk_surface),
             Kind::Byte(b) => push_byte_run(&[b], out),
             Kind::Normal | Kind::UserDefined | Kind::Unused => {
@@ -646,6 +843,15 @@ impl Tokenizer {
     /// decoded as UTF-8 with one U+FFFD per invalid byte. An id `>= n_words` is
     /// [`Error::InvalidTokenId`].
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.decode_opts(ids, false)
+    }
+
+    /// Like [`decode`](Self::decode), but control pieces render as their text (`"<s>"`).
+    pub fn decode_with_special(&self, ids: &[u32]) -> Result<String> {
+        self.decode_opts(ids, true)
+    }
+
+    fn decode_opts(&self, ids: &[u32], render_control: bool) -> Result<String> {
         let mut out = String::new();
         let mut bytes: Vec<u8> = Vec::new();
         let mut first = true;
@@ -658,7 +864,7 @@ impl Tokenizer {
                 kind => {
                     push_byte_run(&bytes, &mut out);
                     bytes.clear();
-                    self.push_piece_text(id, first, &mut out);
+                    self.push_piece_text(id, first, render_control, &mut out);
                     if kind != Kind::Control {
                         first = false;
                     }
@@ -747,7 +953,7 @@ mod tests {
         m
     }
 
-    fn toy(byte_fallback: bool, rew: bool) -> Tokenizer {
+    fn toy(byte_fallback: bool, rew: bool) -> SentencePieceTokenizer {
         use piece_type::*;
         let pieces = [
             ("<unk>", 0.0, UNKNOWN),
@@ -762,7 +968,8 @@ mod tests {
             ("ba", 0.0, UNUSED),
             ("<0x78>", 0.0, BYTE),
         ];
-        Tokenizer::from_bytes(&toy_model(&pieces, byte_fallback, rew)).expect("toy model")
+        SentencePieceTokenizer::from_bytes(&toy_model(&pieces, byte_fallback, rew))
+            .expect("toy model")
     }
 
     #[test]
@@ -800,8 +1007,9 @@ mod tests {
             ("<s>", 0.0, CONTROL),
             ("</s>", 0.0, CONTROL),
         ];
-        assert!(Tokenizer::from_bytes(&toy_model(&base, true, false)).is_ok());
-        let reject = |bytes: Vec<u8>, needle: &str| match Tokenizer::from_bytes(&bytes) {
+        assert!(SentencePieceTokenizer::from_bytes(&toy_model(&base, true, false)).is_ok());
+        let reject = |bytes: Vec<u8>, needle: &str| match SentencePieceTokenizer::from_bytes(&bytes)
+        {
             Err(Error::Tokenizer(msg)) => assert!(msg.contains(needle), "{msg}"),
             other => panic!("expected a tokenizer error about {needle}, got {other:?}"),
         };

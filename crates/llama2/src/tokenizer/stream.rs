@@ -1,6 +1,7 @@
 //! Incremental detokenization for streaming generation.
 
-use super::sentencepiece::{push_byte_run, utf8_head, Kind, Tokenizer, Utf8Head};
+use super::sentencepiece::{push_byte_run, utf8_head, Kind, Utf8Head};
+use super::Tokenizer;
 use crate::error::Result;
 
 /// Turns token ids into text one id at a time, as they are generated.
@@ -11,7 +12,8 @@ use crate::error::Result;
 /// never contains a U+FFFD that more bytes would have turned into a real character.
 #[derive(Debug, Clone, Default)]
 pub struct StreamDecoder {
-    /// Bytes of the current run of byte pieces not yet turned into text.
+    /// Bytes of the current run of byte pieces (SentencePiece) or of all tokens (byte-level
+    /// BPE) not yet turned into text.
     pending: Vec<u8>,
     /// Whether a non-control piece has been seen (it used up the leading-`▁` rule).
     started: bool,
@@ -29,6 +31,15 @@ impl StreamDecoder {
     /// the decoder is then unchanged.
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
         let mut out = String::new();
+        let tok = match tok {
+            Tokenizer::SentencePiece(t) => t,
+            Tokenizer::Bpe(t) => {
+                // Byte-level BPE: every token is bytes; hold back an incomplete character.
+                t.push_token_bytes(id, false, &mut self.pending)?;
+                self.drain(false, &mut out);
+                return Ok(out);
+            }
+        };
         match tok.kind(id)? {
             Kind::Byte(b) => {
                 self.pending.push(b);
@@ -38,7 +49,7 @@ impl StreamDecoder {
             kind => {
                 // Any other piece ends the byte run, as in `decode`.
                 self.drain(true, &mut out);
-                tok.push_piece_text(id, !self.started, &mut out);
+                tok.push_piece_text(id, !self.started, false, &mut out);
                 if kind != Kind::Control {
                     self.started = true;
                 }

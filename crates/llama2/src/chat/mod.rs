@@ -1,8 +1,13 @@
-//! Dialogs and the Llama 2 chat format (REFERENCE §6): role validation, system-prompt
-//! merge, special-tag refusal, and the per-turn token layout with BOS/EOS inserted as
-//! ids (message text is always encoded as plain text, so typed `<s>` stays text).
+//! Dialogs and chat formats: the Llama 2 format (REFERENCE §6: role validation,
+//! system-prompt merge, special-tag refusal, per-turn token layout with BOS/EOS inserted
+//! as ids, so typed `<s>` stays text) and, in [`ChatTemplate`], Jinja templates that
+//! models ship.
+
+mod template;
 
 use serde::{Deserialize, Serialize};
+
+pub use template::{ChatTemplate, JinjaTemplate, CHATML};
 
 use crate::tokenizer::Tokenizer;
 
@@ -76,6 +81,9 @@ pub enum DialogError {
     /// No messages at all.
     #[error("dialog is empty: it needs at least one user message")]
     Empty,
+    /// A Jinja chat template failed to compile or render.
+    #[error("chat template: {0}")]
+    Template(String),
 }
 
 /// True when any message contains one of [`SPECIAL_TAGS`].

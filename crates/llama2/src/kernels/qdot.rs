@@ -1,0 +1,215 @@
+//! Dot products of quantized weight rows with activations quantized to 8-bit blocks,
+//! computed as llama.cpp's CPU backend does: activations are quantized per 32-value
+//! block exactly like its x86 `quantize_row_q8_0`/`q8_1` (scale `amax/127`, values
+//! rounded half-to-even), products are summed as integers in eight lanes of four
+//! values, and lanes are scaled and accumulated with fused multiply-adds before one
+//! horizontal sum. Mirroring that arithmetic keeps greedy outputs aligned with
+//! llama.cpp's on the same GGUF files.
+
+use half::f16;
+
+use crate::tensor::DType;
+
+/// Values per 8-bit activation block.
+pub const QK: usize = 32;
+
+/// One block of 8-bit activations.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Q8Block {
+    /// Scale, as the f16 ggml stores, widened.
+    pub d: f32,
+    /// `d * sum(qs)` as f16 (ggml's Q8_1 `s`), widened; unused for Q8_0 partners.
+    pub s: f32,
+    /// Quantized values.
+    pub qs: [i8; QK],
+}
+
+/// True for weight types with an 8-bit-activation dot product here.
+pub fn supports(dtype: DType) -> bool {
+    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+}
+
+/// Quantizes `x` (a whole number of 32-value blocks) into `out`.
+pub fn quantize_activations(x: &[f32], out: &mut Vec<Q8Block>) {
+    out.clear();
+    for chunk in x.chunks_exact(QK) {
+        let amax = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut qs = [0i8; QK];
+        let mut sum = 0i32;
+        for (q, v) in qs.iter_mut().zip(chunk) {
+            let r = (v * id).round_ties_even() as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        let d16 = f16::from_f32(d);
+        out.push(Q8Block {
+            d: d16.to_f32(),
+            s: f16::from_f32(d * sum as f32).to_f32(),
+            qs,
+        });
+    }
+}
+
+#[inline(always)]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// Eight lane sums of four consecutive products each.
+#[inline(always)]
+fn lane_sums(w: &[i8; QK], a: &[i8; QK]) -> [i32; 8] {
+    let mut lanes = [0i32; 8];
+    for (j, lane) in lanes.iter_mut().enumerate() {
+        for k in 4 * j..4 * j + 4 {
+            *lane += w[k] as i32 * a[k] as i32;
+        }
+    }
+    lanes
+}
+
+#[inline(always)]
+fn hsum8(a: [f32; 8]) -> f32 {
+    // _mm256 → two halves added, then pairs, then the last two (ggml's hsum_float_8).
+    let r = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+    let (x, y) = (r[0] + r[2], r[1] + r[3]);
+    x + y
+}
+
+#[inline(always)]
+fn dot_generic(dtype: DType, row: &[u8], acts: &[Q8Block]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut summs = 0.0f32;
+    let bb = dtype.block_bytes();
+    for (blk, a) in row.chunks_exact(bb).zip(acts) {
+        let mut w = [0i8; QK];
+        let scale = match dtype {
+            DType::Q8_0 => {
+                for (o, &b) in w.iter_mut().zip(&blk[2..34]) {
+                    *o = b as i8;
+                }
+                f16_at(blk, 0) * a.d
+            }
+            DType::Q4_0 => {
+                for i in 0..16 {
+                    w[i] = (blk[2 + i] & 0x0f) as i8 - 8;
+                    w[i + 16] = (blk[2 + i] >> 4) as i8 - 8;
+                }
+                f16_at(blk, 0) * a.d
+            }
+            DType::Q4_1 => {
+                for i in 0..16 {
+                    w[i] = (blk[4 + i] & 0x0f) as i8;
+                    w[i + 16] = (blk[4 + i] >> 4) as i8;
+                }
+                summs += f16_at(blk, 2) * a.s;
+                f16_at(blk, 0) * a.d
+            }
+            _ => 0.0,
+        };
+        let lanes = lane_sums(&w, &a.qs);
+        for (acc_j, l) in acc.iter_mut().zip(lanes) {
+            *acc_j = scale.mul_add(l as f32, *acc_j);
+        }
+    }
+    hsum8(acc) + summs
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(dtype: DType, row: &[u8], acts: &[Q8Block]) -> f32 {
+    dot_generic(dtype, row, acts)
+}
+
+/// Dot product of one quantized weight row (`acts.len()` blocks) with quantized
+/// activations. `use_simd` selects the AVX2+FMA build of the same code where the CPU
+/// has it (results are bit-identical: `mul_add` is exactly rounded either way).
+pub fn dot(dtype: DType, row: &[u8], acts: &[Q8Block], use_simd: bool) -> f32 {
+    debug_assert!(supports(dtype) && row.len() >= acts.len() * dtype.block_bytes());
+    #[cfg(target_arch = "x86_64")]
+    if use_simd && has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        return unsafe { dot_avx2(dtype, row, acts) };
+    }
+    let _ = use_simd;
+    dot_generic(dtype, row, acts)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quant;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn activation_quantization_follows_ggml() {
+        let x = values(64, 3);
+        let mut blocks = Vec::new();
+        quantize_activations(&x, &mut blocks);
+        assert_eq!(blocks.len(), 2);
+        for (b, chunk) in blocks.iter().zip(x.chunks_exact(QK)) {
+            let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(b.d, f16::from_f32(amax / 127.0).to_f32());
+            assert!(b.qs.iter().any(|&q| q == 127 || q == -127));
+            for (q, v) in b.qs.iter().zip(chunk) {
+                assert!((*q as f32 - v * 127.0 / amax).abs() <= 0.5);
+            }
+        }
+        // Zero blocks quantize to zeros with scale 0.
+        quantize_activations(&[0.0; 32], &mut blocks);
+        assert_eq!((blocks[0].d, blocks[0].qs), (0.0, [0; 32]));
+        // Ties round to even, as _mm256_round_ps(_MM_ROUND_NEAREST) does.
+        let mut x = vec![0.0f32; 32];
+        x[0] = 127.0;
+        x[1] = 2.5;
+        x[2] = 3.5;
+        quantize_activations(&x, &mut blocks);
+        assert_eq!(&blocks[0].qs[..3], &[127, 2, 4]);
+    }
+
+    /// The integer path approximates the exact f32 dot of dequantized weights with
+    /// the unquantized activations to within the activation quantization error.
+    #[test]
+    fn quantized_dot_is_close_to_the_exact_dot_and_simd_is_identical() {
+        for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+            let w = values(256, 7);
+            let x = values(256, 9);
+            let mut row = Vec::new();
+            quant::quantize(dtype, &w, &mut row).unwrap();
+            let mut wd = vec![0.0; 256];
+            quant::dequantize(dtype, &row, &mut wd);
+            let exact: f64 = wd.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let mut acts = Vec::new();
+            quantize_activations(&x, &mut acts);
+            let got = dot(dtype, &row, &acts, false);
+            // Activation error per value is at most d/2 = amax/254.
+            let bound: f64 = wd.iter().map(|v| v.abs() as f64).sum::<f64>() * 2.0 / 254.0 + 1e-3;
+            assert!(
+                (got as f64 - exact).abs() <= bound,
+                "{dtype:?}: {got} vs {exact}"
+            );
+            assert_eq!(
+                dot(dtype, &row, &acts, true).to_bits(),
+                got.to_bits(),
+                "{dtype:?}"
+            );
+        }
+    }
+}
