@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::chat::ChatTemplate;
 use crate::chat::{self, Dialog, Message, Role};
 use crate::error::{Error, Result};
+use crate::kernels::Precision;
 use crate::loader::{load_model, LoadedModel};
 use crate::model::{KvCache, SeqChunk, Transformer};
 use crate::sampling::{self, Sampler, SamplingParams};
@@ -135,9 +136,17 @@ pub struct LlamaBuilder {
     threads: Option<usize>,
     seed: u64,
     template: TemplateChoice,
+    precision: Precision,
 }
 
 impl LlamaBuilder {
+    /// Arithmetic for quantized weights (default [`Precision::Fast`], llama.cpp's;
+    /// [`Precision::Exact`] dequantizes to f32).
+    pub fn precision(mut self, p: Precision) -> Self {
+        self.precision = p;
+        self
+    }
+
     /// Context length (prompt plus generation) per sequence (default: the model's
     /// trained context, capped at 4096, or 512 when the model does not state one).
     pub fn max_seq_len(mut self, n: usize) -> Self {
@@ -242,6 +251,7 @@ impl Llama {
             threads: None,
             seed: 1,
             template: TemplateChoice::Auto,
+            precision: Precision::default(),
         }
     }
 
@@ -265,12 +275,13 @@ impl Llama {
                 ),
             ));
         }
-        let model =
+        let mut model =
             Transformer::from_tensors(&weights.args, weights.vocab_size, &mut weights.tensors)
                 .map_err(|e| match e {
                     Error::Checkpoint { msg, .. } => Error::checkpoint(&path, msg),
                     other => other,
                 })?;
+        model.set_precision(b.precision);
         let template = match &b.template {
             TemplateChoice::Llama2 => ChatTemplate::Llama2,
             TemplateChoice::ChatMl => ChatTemplate::chatml(&tokenizer)?,

@@ -25,5 +25,6 @@ pub use generation::{
     ChatPrediction, CompletionPrediction, GenerationOptions, GenerationOutput, GenerationStats,
     Llama, LlamaBuilder, TemplateChoice,
 };
+pub use kernels::Precision;
 pub use loader::{load_model, LoadedModel, ModelFormat};
 pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -134,3 +134,23 @@ fn teacher_forced_argmax_matches_llama_cpp_where_the_margin_is_clear() {
         );
     }
 }
+
+#[test]
+fn chat_answers_stop_at_the_end_of_turn_token() {
+    // llama.cpp (scripts/llama_cpp_greedy.cpp, -n 24, on the rendered prompt) answers
+    // this with 11 tokens, every top-2 gap >= 0.58, then <|im_end|> (id 2).
+    let mut llama = default_llama();
+    let dialog: Dialog = vec![llama2::Message::new(llama2::Role::User, "What is 2+2?")];
+    let opts = GenerationOptions {
+        temperature: 0.0,
+        max_gen_len: Some(64),
+        ..Default::default()
+    };
+    let out = llama.chat_completion(&[dialog], &opts).unwrap();
+    assert_eq!(
+        out[0].generation.content,
+        "The answer to this classic math problem is 4."
+    );
+    // Eleven tokens, then the end-of-turn token (counted, not returned).
+    assert_eq!(llama.last_stats().generated_tokens, 12);
+}

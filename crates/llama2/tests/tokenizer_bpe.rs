@@ -2,24 +2,17 @@
 //! `tokenizer.json` (Llama 2 shape and GPT-2 byte-level shape), and GGUF "gpt2" byte-level
 //! BPE checked against llama.cpp's ids for SmolLM2 (`tests/fixtures/parity/`).
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::PathBuf;
+
+use common::{bpe_vocab, fixtures, read_json, smollm2, smollm2_vocab};
 use llama2::error::Error;
 use llama2::tokenizer::{
-    BpeTokenizer, BpeVocab, SentencePieceTokenizer, SentencePieceVocab, StreamDecoder, Tokenizer,
+    BpeTokenizer, SentencePieceTokenizer, SentencePieceVocab, StreamDecoder, Tokenizer,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> T {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
-}
 
 #[derive(Deserialize)]
 struct EncodeCase {
@@ -31,21 +24,6 @@ struct EncodeCase {
 struct DecodeCase {
     ids: Vec<u32>,
     text: String,
-}
-
-/// `tests/fixtures/tokenizer/smollm2_vocab.json` (written by scripts/make-smollm2-vocab-json.py).
-#[derive(Deserialize)]
-struct GgufBpeVocab {
-    pre: String,
-    bos_token_id: Option<u32>,
-    eos_token_id: Option<u32>,
-    unknown_token_id: Option<u32>,
-    padding_token_id: Option<u32>,
-    add_bos_token: Option<bool>,
-    add_eos_token: Option<bool>,
-    tokens: Vec<String>,
-    token_type: Vec<i32>,
-    merges: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -60,29 +38,6 @@ struct ParityCase {
     text: String,
     ids_parse_special: Vec<u32>,
     ids_plain: Vec<u32>,
-}
-
-fn smollm2_vocab() -> GgufBpeVocab {
-    read_json(&fixtures().join("tokenizer/smollm2_vocab.json"))
-}
-
-fn bpe_vocab(v: GgufBpeVocab) -> BpeVocab {
-    BpeVocab {
-        tokens: v.tokens,
-        token_types: v.token_type,
-        merges: v.merges,
-        pre: v.pre,
-        bos_id: v.bos_token_id,
-        eos_id: v.eos_token_id,
-        unk_id: v.unknown_token_id,
-        pad_id: v.padding_token_id,
-        add_bos: v.add_bos_token,
-        add_eos: v.add_eos_token,
-    }
-}
-
-fn smollm2() -> BpeTokenizer {
-    BpeTokenizer::from_vocab(bpe_vocab(smollm2_vocab())).expect("SmolLM2 vocab loads")
 }
 
 fn parity() -> ParityFile {

@@ -84,8 +84,18 @@ impl ChatTemplate {
                 control.push(s.to_string());
             }
         }
+        // Turn markers of well-known formats, even when the tokenizer lacks them as
+        // special tokens (they still structure the prompt text the model sees).
         if source.contains("[INST]") {
             control.extend(SPECIAL_TAGS.iter().map(|s| s.to_string()));
+        }
+        for marker in END_OF_TURN
+            .iter()
+            .chain(&["<|im_start|>", "<|start_header_id|>"])
+        {
+            if source.contains(marker) {
+                control.push(marker.to_string());
+            }
         }
         control.retain(|s| !s.is_empty());
         control.sort();

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use llama2::tokenizer::{BpeTokenizer, BpeVocab};
+use serde::Deserialize;
 use serde_json::Value;
 
 /// `tests/fixtures` at the repository root.
@@ -83,4 +85,48 @@ pub fn temp_copy(src: &Path, tag: &str) -> PathBuf {
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
     dst
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> T {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// `tests/fixtures/tokenizer/smollm2_vocab.json` (written by scripts/make-smollm2-vocab-json.py).
+#[derive(Deserialize)]
+pub struct GgufBpeVocab {
+    pub pre: String,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub unknown_token_id: Option<u32>,
+    pub padding_token_id: Option<u32>,
+    pub add_bos_token: Option<bool>,
+    pub add_eos_token: Option<bool>,
+    pub tokens: Vec<String>,
+    pub token_type: Vec<i32>,
+    pub merges: Vec<String>,
+}
+
+pub fn smollm2_vocab() -> GgufBpeVocab {
+    read_json(&fixtures().join("tokenizer/smollm2_vocab.json"))
+}
+
+pub fn bpe_vocab(v: GgufBpeVocab) -> BpeVocab {
+    BpeVocab {
+        tokens: v.tokens,
+        token_types: v.token_type,
+        merges: v.merges,
+        pre: v.pre,
+        bos_id: v.bos_token_id,
+        eos_id: v.eos_token_id,
+        unk_id: v.unknown_token_id,
+        pad_id: v.padding_token_id,
+        add_bos: v.add_bos_token,
+        add_eos: v.add_eos_token,
+    }
+}
+
+pub fn smollm2() -> BpeTokenizer {
+    BpeTokenizer::from_vocab(bpe_vocab(smollm2_vocab())).expect("SmolLM2 vocab loads")
 }
