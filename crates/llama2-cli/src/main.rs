@@ -32,6 +32,34 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Print a model's architecture, shapes, dtypes, tokenizer, template and size.
     Inspect(inspect::InspectArgs),
+    /// Write a model (any format) as a GGUF file that llama.cpp also loads.
+    Convert(ConvertArgs),
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// Model to convert: a Meta checkpoint folder, a Hugging Face folder or a .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Tokenizer file when it is not beside the model.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Output .gguf file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Type of the 2-D weights (norms stay f32).
+    #[arg(long = "type", value_enum, default_value_t = WeightType::F16)]
+    weight_type: WeightType,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WeightType {
+    F32,
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
 }
 
 #[derive(Args)]
@@ -157,6 +185,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat(a),
         Command::Tokenize(a) => tokenize(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Convert(a) => convert(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -351,6 +380,25 @@ fn interactive(a: ChatArgs) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn convert(a: ConvertArgs) -> Result<()> {
+    use llama2::tensor::DType;
+    let dtype = match a.weight_type {
+        WeightType::F32 => DType::F32,
+        WeightType::F16 => DType::F16,
+        WeightType::Q8_0 => DType::Q8_0,
+        WeightType::Q4_0 => DType::Q4_0,
+    };
+    let model = llama2::load_model(&a.model, a.tokenizer.as_deref())?;
+    llama2::convert::convert_to_gguf(&model, &a.out, dtype)?;
+    let size = std::fs::metadata(&a.out).map_or(0, |m| m.len());
+    eprintln!(
+        "wrote {} ({:.1} MiB)",
+        a.out.display(),
+        size as f64 / (1 << 20) as f64
+    );
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+pub mod convert;
 pub mod default_model;
 pub mod error;
 pub mod generation;

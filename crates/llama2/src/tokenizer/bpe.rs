@@ -134,6 +134,8 @@ pub struct BpeTokenizer {
     pad_id: Option<u32>,
     add_bos: bool,
     add_eos: bool,
+    /// The data it was built from (written back by the GGUF converter).
+    source: BpeVocab,
 }
 
 impl fmt::Debug for BpeTokenizer {
@@ -559,6 +561,7 @@ impl BpeTokenizer {
     /// Fails with [`Error::Tokenizer`] on an unknown pre-tokenizer name, a malformed merge,
     /// ids outside the vocabulary, or a missing EOS id.
     pub fn from_vocab(v: BpeVocab) -> Result<BpeTokenizer> {
+        let source = v.clone();
         let n = v.tokens.len();
         if n == 0 {
             return Err(tok_err("the vocabulary is empty"));
@@ -641,6 +644,7 @@ impl BpeTokenizer {
             text,
         );
         Ok(BpeTokenizer {
+            source,
             specials_all,
             specials_user,
             tokens,
@@ -663,6 +667,11 @@ impl BpeTokenizer {
     /// Number of tokens in the vocabulary.
     pub fn n_words(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// The vocabulary data the tokenizer was built from.
+    pub fn vocab(&self) -> &BpeVocab {
+        &self.source
     }
 
     /// The pre-tokenizer name (`tokenizer.ggml.pre`).
