@@ -135,7 +135,7 @@ pub struct BpeTokenizer {
     add_bos: bool,
     add_eos: bool,
     /// The data it was built from (written back by the GGUF converter).
-    source: BpeVocab,
+    source: Box<BpeVocab>,
 }
 
 impl fmt::Debug for BpeTokenizer {
@@ -561,7 +561,7 @@ impl BpeTokenizer {
     /// Fails with [`Error::Tokenizer`] on an unknown pre-tokenizer name, a malformed merge,
     /// ids outside the vocabulary, or a missing EOS id.
     pub fn from_vocab(v: BpeVocab) -> Result<BpeTokenizer> {
-        let source = v.clone();
+        let source = Box::new(v.clone());
         let n = v.tokens.len();
         if n == 0 {
             return Err(tok_err("the vocabulary is empty"));
