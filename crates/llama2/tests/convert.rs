@@ -60,7 +60,7 @@ fn converted_files_match_llama_cpp_greedy_tokens() {
             ..Default::default()
         };
         let got = llama
-            .generate(&[prompt.clone()], &opts)
+            .generate(std::slice::from_ref(&prompt), &opts)
             .unwrap()
             .remove(0)
             .tokens;
