@@ -101,3 +101,22 @@ fn fast_q8_0_arithmetic_stays_close_to_exact() {
     let d = max_abs_diff(&fast.logits(&p).unwrap(), &exact.logits(&p).unwrap());
     assert!(d > 0.0 && d < 0.5, "{d}");
 }
+
+#[test]
+fn gguf_version_2_files_load_like_version_3() {
+    // v2 and v3 share the layout (64-bit counts); v3 only added big-endian files.
+    let bytes = std::fs::read(gguf("tiny-mha", "q8_0")).unwrap();
+    assert_eq!(&bytes[4..8], &3u32.to_le_bytes());
+    let mut v2 = bytes.clone();
+    v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let a = llama2::checkpoint::gguf::GgufFile::from_bytes(bytes).unwrap();
+    let b = llama2::checkpoint::gguf::GgufFile::from_bytes(v2).unwrap();
+    assert_eq!(b.version(), 2);
+    assert_eq!(a.metadata(), b.metadata());
+    for info in a.tensor_infos() {
+        assert_eq!(
+            a.tensor(&info.name).unwrap().bytes(),
+            b.tensor(&info.name).unwrap().bytes()
+        );
+    }
+}
