@@ -53,9 +53,12 @@ fn sha256_hex(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The cached default model, fetching (and verifying) it first if needed. Concurrent
-/// callers (parallel tests) may each fetch; the final rename is atomic.
+/// The cached default model, fetching (and verifying) it first if needed. Callers in
+/// one process wait for each other (one download); across processes the final rename is
+/// atomic, so a reader never sees a partial file.
 pub fn path_or_fetch() -> Result<PathBuf> {
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCHING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = cache_dir()?;
     let path = dir.join(FILE);
     if path.is_file() {
