@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use llama2::{Dialog, GenerationOptions, Llama, Message, Role, TemplateChoice, Tokenizer};
 
+mod bench;
 mod inspect;
 
 #[derive(Parser)]
@@ -34,6 +35,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Write a model (any format) as a GGUF file that llama.cpp also loads.
     Convert(ConvertArgs),
+    /// Measure prompt-processing and generation speed (like llama-bench).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -186,6 +189,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => tokenize(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -400,6 +400,63 @@ impl Llama {
         self.pool.current_num_threads()
     }
 
+    /// Times one prefill of `n` tokens from an empty cache (logits of the last position
+    /// only), as `llama-bench`'s `pp` test does. Token ids are a fixed pseudo-random
+    /// sequence.
+    pub fn bench_prefill(&self, n: usize) -> Result<std::time::Duration> {
+        if n == 0 || n > self.max_seq_len {
+            return Err(Error::InvalidArgument(format!(
+                "prefill length {n} must be in 1..={}",
+                self.max_seq_len
+            )));
+        }
+        let vocab = self.model.vocab_size() as u64;
+        let tokens: Vec<u32> = (0..n as u64)
+            .map(|i| ((i * 2654435761 + 12345) % vocab) as u32)
+            .collect();
+        let mut cache = KvCache::new(&self.model, 1, n);
+        let chunk = SeqChunk {
+            slot: 0,
+            start_pos: 0,
+            tokens: &tokens,
+            all_logits: false,
+        };
+        let (model, rope) = (&self.model, &self.rope);
+        let start = std::time::Instant::now();
+        self.pool
+            .install(|| model.forward(&mut cache, rope, &[chunk]))?;
+        Ok(start.elapsed())
+    }
+
+    /// Times `n` single-token decode steps (greedy, never stopping at EOS) after a
+    /// one-token prompt, as `llama-bench`'s `tg` test does.
+    pub fn bench_decode(&self, n: usize) -> Result<std::time::Duration> {
+        if n == 0 || n >= self.max_seq_len {
+            return Err(Error::InvalidArgument(format!(
+                "generation length {n} must be in 1..{}",
+                self.max_seq_len
+            )));
+        }
+        let mut cache = KvCache::new(&self.model, 1, n + 1);
+        let (model, rope) = (&self.model, &self.rope);
+        let mut tok = self.tokenizer.bos_id();
+        let start = std::time::Instant::now();
+        for pos in 0..n {
+            let t = [tok];
+            let chunk = SeqChunk {
+                slot: 0,
+                start_pos: pos,
+                tokens: &t,
+                all_logits: false,
+            };
+            let logits = self
+                .pool
+                .install(|| model.forward(&mut cache, rope, &[chunk]))?;
+            tok = sampling::argmax(&logits[0]);
+        }
+        Ok(start.elapsed())
+    }
+
     /// Logits after every position of `tokens` (one forward pass from position 0):
     /// `tokens.len()` rows of `vocab_size` floats, row `t` predicting token `t + 1`.
     pub fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
