@@ -63,7 +63,7 @@ fn reduce(mut a: [f32; LANES]) -> f32 {
 
 /// `R` dot products of consecutive rows of `w` (each `cols` long) with `x`.
 #[inline(always)]
-fn dot_rows_generic<const R: usize>(w: &[f32], cols: usize, x: &[f32], res: &mut [f32]) {
+pub(crate) fn dot_rows_generic<const R: usize>(w: &[f32], cols: usize, x: &[f32], res: &mut [f32]) {
     let mut acc = [[0.0f32; LANES]; R];
     let body = cols - cols % LANES;
     for (c, xs) in x[..body].chunks_exact(LANES).enumerate() {

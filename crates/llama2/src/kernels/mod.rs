@@ -142,17 +142,29 @@ fn matmul_q8(w: &Matrix, x: &[f32], out: &mut [f32]) {
     let simd = Isa::detect() != Isa::Baseline;
     let per_task = rows_per_task(rows);
     let out_ptr = SharedOut(out.as_mut_ptr());
+    // Tokens per tile: the tile's activations stay in L2 while the task's rows stream.
+    const TOKEN_TILE: usize = 64;
     (0..rows.div_ceil(per_task))
         .into_par_iter()
         .for_each(|task| {
             let r0 = task * per_task;
-            for r in r0..(r0 + per_task).min(rows) {
-                let row = w.row_bytes(r, r + 1);
-                for (t, a) in acts.iter().enumerate() {
-                    let v = qdot::dot(w.dtype(), row, a, simd);
-                    // SAFETY: `t < n`, `r < rows`: inside `out` (n * rows long); rows are
-                    // split between tasks, so each element has exactly one writer.
-                    unsafe { *out_ptr.at(t * rows + r) = v };
+            let r1 = (r0 + per_task).min(rows);
+            let mut res = [0.0f32; qdot::MAX_TOKENS];
+            for t0 in (0..n).step_by(TOKEN_TILE) {
+                let tile = &acts[t0..(t0 + TOKEN_TILE).min(n)];
+                for r in r0..r1 {
+                    let row = w.row_bytes(r, r + 1);
+                    for (g, group) in tile.chunks(qdot::MAX_TOKENS).enumerate() {
+                        let refs: [&[qdot::Q8Block]; qdot::MAX_TOKENS] =
+                            std::array::from_fn(|i| group.get(i).map_or(&[][..], Vec::as_slice));
+                        qdot::dot_many(w.dtype(), row, &refs[..group.len()], simd, &mut res);
+                        for (i, v) in res[..group.len()].iter().enumerate() {
+                            let t = t0 + g * qdot::MAX_TOKENS + i;
+                            // SAFETY: `t < n`, `r < rows`: inside `out` (n * rows long); rows
+                            // are split between tasks, so each element has one writer.
+                            unsafe { *out_ptr.at(t * rows + r) = *v };
+                        }
+                    }
                 }
             }
         });
@@ -259,9 +271,68 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 ///
 /// `keys`/`values` hold `len` rows of `stride` floats, the head's slice starting at
 /// `offset`; `scores` is scratch of at least `len`; the result goes to `out` (head_dim).
+/// The whole loop is compiled for the detected instruction set (scores use the same
+/// lane-structured dot as everything else, so results do not depend on it).
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     isa: Isa,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    offset: usize,
+    len: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    assert!(len > 0 && keys.len() >= (len - 1) * stride + offset + q.len());
+    assert!(values.len() >= (len - 1) * stride + offset + q.len() && out.len() == q.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` comes only from detection that found AVX2.
+        Isa::Avx2 => unsafe { attend_avx2(q, keys, values, stride, offset, len, scores, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` comes only from detection that found AVX-512F.
+        Isa::Avx512 => unsafe { attend_avx512(q, keys, values, stride, offset, len, scores, out) },
+        _ => attend_generic(q, keys, values, stride, offset, len, scores, out),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_avx2(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    offset: usize,
+    len: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_generic(q, keys, values, stride, offset, len, scores, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_avx512(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    offset: usize,
+    len: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_generic(q, keys, values, stride, offset, len, scores, out)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_generic(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
@@ -276,7 +347,9 @@ pub fn attend(
     let scores = &mut scores[..len];
     for (j, s) in scores.iter_mut().enumerate() {
         let k = &keys[j * stride + offset..j * stride + offset + hd];
-        *s = dot(isa, q, k) * scale;
+        let mut r = [0.0f32];
+        dot::dot_rows_generic::<1>(k, hd, q, &mut r);
+        *s = r[0] * scale;
     }
     softmax(scores);
     out.fill(0.0);

@@ -39,7 +39,7 @@ pub fn quantize_activations(x: &[f32], out: &mut Vec<Q8Block>) {
         let mut qs = [0i8; QK];
         let mut sum = 0i32;
         for (q, v) in qs.iter_mut().zip(chunk) {
-            let r = (v * id).round_ties_even() as i32;
+            let r = round_half_even(v * id) as i32;
             *q = r as i8;
             sum += r;
         }
@@ -50,6 +50,14 @@ pub fn quantize_activations(x: &[f32], out: &mut Vec<Q8Block>) {
             qs,
         });
     }
+}
+
+/// Round half to even for |x| < 2^22 (here |x| <= 127), without a libm call: adding
+/// and subtracting 1.5 * 2^23 leaves the nearest integer under IEEE round-to-nearest-even.
+#[inline(always)]
+fn round_half_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
 }
 
 #[inline(always)]
@@ -116,12 +124,16 @@ fn dot_generic(dtype: DType, row: &[u8], acts: &[Q8Block]) -> f32 {
     hsum8(acc) + summs
 }
 
-/// AVX2 version of [`dot_generic`]: the same lane partition (llama.cpp's
-/// `mul_sum_i8_pairs_float`: `maddubs` pairs, then `madd` pairs, so lane `j` holds
-/// values `4j..4j+3`), the same fused multiply-adds and horizontal sum; bit-identical.
+/// Most activation rows one [`dot_many`] call handles (weights are unpacked once for all).
+pub const MAX_TOKENS: usize = 4;
+
+/// AVX2 version of [`dot_generic`] for up to [`MAX_TOKENS`] activation rows at once: the
+/// same lane partition (llama.cpp's `mul_sum_i8_pairs_float`: `maddubs` pairs, then
+/// `madd` pairs, so lane `j` holds values `4j..4j+3`), the same fused multiply-adds
+/// and horizontal sum, so each result is bit-identical to the portable path.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_avx2(dtype: DType, row: &[u8], acts: &[Q8Block]) -> f32 {
+unsafe fn dot_many_avx2(dtype: DType, row: &[u8], acts: &[&[Q8Block]], out: &mut [f32]) {
     use std::arch::x86_64::*;
     let bb = dtype.block_bytes();
     let half_to_f32 = |b: &[u8], at: usize| {
@@ -130,56 +142,72 @@ unsafe fn dot_avx2(dtype: DType, row: &[u8], acts: &[Q8Block]) -> f32 {
     };
     let low = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    let mut summs = 0.0f32;
-    for (blk, a) in row.chunks_exact(bb).zip(acts) {
+    let nt = acts.len().min(MAX_TOKENS);
+    let mut acc = [_mm256_setzero_ps(); MAX_TOKENS];
+    let mut summs = [0.0f32; MAX_TOKENS];
+    for (b, blk) in row.chunks_exact(bb).enumerate() {
         // SAFETY (loads): `blk` has `bb` bytes (34 for Q8_0: 32 read from offset 2;
-        // 18/20 for Q4_0/Q4_1: 16 read from offset 2/4) and `a.qs` has 32 bytes.
-        let (w, scale) = match dtype {
-            DType::Q8_0 => (
-                _mm256_loadu_si256(blk[2..].as_ptr() as *const __m256i),
-                half_to_f32(blk, 0) * a.d,
-            ),
-            DType::Q4_0 | DType::Q4_1 => {
-                let off = if dtype == DType::Q4_0 { 2 } else { 4 };
+        // 18/20 for Q4_0/Q4_1: 16 read from offset 2/4); each `qs` has 32 bytes.
+        let w = match dtype {
+            DType::Q8_0 => _mm256_loadu_si256(blk[2..].as_ptr() as *const __m256i),
+            _ => {
+                let off = if dtype == DType::Q4_1 { 4 } else { 2 };
                 let tmp = _mm_loadu_si128(blk[off..].as_ptr() as *const __m128i);
                 let nibbles = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp), low);
                 if dtype == DType::Q4_0 {
-                    (
-                        _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8)),
-                        half_to_f32(blk, 0) * a.d,
-                    )
+                    _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8))
                 } else {
-                    summs += half_to_f32(blk, 2) * a.s;
-                    (nibbles, half_to_f32(blk, 0) * a.d)
+                    nibbles
                 }
             }
-            _ => (_mm256_setzero_si256(), 0.0),
         };
-        let y = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        let dw = half_to_f32(blk, 0);
+        let mw = if dtype == DType::Q4_1 {
+            half_to_f32(blk, 2)
+        } else {
+            0.0
+        };
         let ax = _mm256_sign_epi8(w, w);
-        let sy = _mm256_sign_epi8(y, w);
-        let pairs = _mm256_maddubs_epi16(ax, sy);
-        let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, pairs));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), lanes, acc);
+        for t in 0..nt {
+            let a = &acts[t][b];
+            let y = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+            let sy = _mm256_sign_epi8(y, w);
+            let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(ax, sy)));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d), lanes, acc[t]);
+            if dtype == DType::Q4_1 {
+                summs[t] += mw * a.s;
+            }
+        }
     }
-    let mut lanes = [0.0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-    hsum8(lanes) + summs
+    for t in 0..nt {
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[t]);
+        out[t] = hsum8(lanes) + summs[t];
+    }
 }
 
-/// Dot product of one quantized weight row (`acts.len()` blocks) with quantized
-/// activations. `use_simd` selects the AVX2+FMA build of the same code where the CPU
-/// has it (results are bit-identical: `mul_add` is exactly rounded either way).
-pub fn dot(dtype: DType, row: &[u8], acts: &[Q8Block], use_simd: bool) -> f32 {
-    debug_assert!(supports(dtype) && row.len() >= acts.len() * dtype.block_bytes());
+/// Dot products of one quantized weight row with up to [`MAX_TOKENS`] rows of quantized
+/// activations (`out[t]` for `acts[t]`). `use_simd` selects the AVX2+FMA kernel where the
+/// CPU has it; results are bit-identical either way (`mul_add` is exactly rounded).
+pub fn dot_many(dtype: DType, row: &[u8], acts: &[&[Q8Block]], use_simd: bool, out: &mut [f32]) {
+    debug_assert!(supports(dtype) && acts.len() <= MAX_TOKENS && out.len() >= acts.len());
     #[cfg(target_arch = "x86_64")]
     if use_simd && has_avx2_fma() {
         // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
-        return unsafe { dot_avx2(dtype, row, acts) };
+        unsafe { dot_many_avx2(dtype, row, acts, out) };
+        return;
     }
     let _ = use_simd;
-    dot_generic(dtype, row, acts)
+    for (o, a) in out.iter_mut().zip(acts) {
+        *o = dot_generic(dtype, row, a);
+    }
+}
+
+/// [`dot_many`] for one activation row.
+pub fn dot(dtype: DType, row: &[u8], acts: &[Q8Block], use_simd: bool) -> f32 {
+    let mut out = [0.0f32];
+    dot_many(dtype, row, &[acts], use_simd, &mut out);
+    out[0]
 }
 
 #[cfg(target_arch = "x86_64")]
