@@ -921,10 +921,21 @@ fn parse_layout(buf: &[u8]) -> PResult<Layout> {
 
     let mut tensors = Vec::with_capacity(n_tensors);
     for (name, dims, ggml_type, offset) in raw {
-        let numel = dims
+        // The product of the nonzero dimensions must fit, so that multiplying the
+        // dimensions in any order (as `Tensor::numel` does) cannot overflow.
+        let nonzero = dims
             .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| format!("tensor '{name}': element count of {dims:?} overflows"))?;
+            .filter(|&&d| d != 0)
+            .try_fold(1usize, |a, &d| a.checked_mul(d));
+        let numel = match nonzero {
+            Some(_) if dims.contains(&0) => 0,
+            Some(n) => n,
+            None => {
+                return Err(format!(
+                    "tensor '{name}': element count of {dims:?} overflows"
+                ))
+            }
+        };
         if offset % alignment as u64 != 0 {
             return Err(format!(
                 "tensor '{name}': data offset {offset} is not a multiple of the alignment \
@@ -1255,6 +1266,47 @@ mod tests {
         ] {
             assert_eq!(meta_name(bad), None, "{bad}");
         }
+    }
+
+    /// A file with no metadata and one tensor `t` of `dims` (GGUF order) and type.
+    fn one_tensor(dims: &[u64], ggml_type: u32, data: usize) -> Vec<u8> {
+        let mut b = b"GGUF\x03\0\0\0".to_vec();
+        b.extend(1u64.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.push(b't');
+        b.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(ggml_type.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.resize(b.len().next_multiple_of(32) + data, 0);
+        b
+    }
+
+    #[test]
+    fn zero_sized_and_overflowing_shapes() {
+        // A zero dimension makes an empty tensor, whatever the others.
+        let f = GgufFile::from_bytes(one_tensor(&[5, 0, 1 << 40], 0, 0)).unwrap();
+        let t = f.tensor("t").unwrap();
+        assert_eq!(
+            (t.shape.clone(), t.numel(), t.bytes().len()),
+            (vec![1 << 40, 0, 5], 0, 0)
+        );
+        // ... but the other dimensions may not overflow when multiplied in any order.
+        assert!(GgufFile::from_bytes(one_tensor(&[0, 1 << 40, 1 << 40], 0, 0)).is_err());
+        assert!(GgufFile::from_bytes(one_tensor(&[1 << 62, 4], 0, 0)).is_err());
+        assert!(GgufFile::from_bytes(one_tensor(&[1 << 63], 0, 0)).is_err());
+        let f = GgufFile::from_bytes(one_tensor(&[32, 2], 8, 68)).unwrap();
+        assert_eq!(f.tensor("t").unwrap().shape, vec![2, 32]);
+        assert!(GgufFile::from_bytes(one_tensor(&[32, 2], 8, 67)).is_err());
+        assert!(GgufFile::from_bytes(one_tensor(&[16, 2], 8, 68)).is_err());
+        // Unsupported but known types open; the tensor itself is an error.
+        let f = GgufFile::from_bytes(one_tensor(&[32], 6, 0)).unwrap();
+        assert!(f.tensor("t").is_err());
+        assert!(GgufFile::from_bytes(one_tensor(&[32], 4242, 0)).is_err());
+        assert!(GgufFile::from_bytes(one_tensor(&[1, 1, 1, 1, 1], 0, 4)).is_err());
     }
 
     #[test]

@@ -105,8 +105,10 @@ impl<'a> GgufWriter<'a> {
             )));
         }
         let row = shape.last().copied().unwrap_or(1);
+        // As the reader requires: the product of the nonzero dimensions must fit.
         let numel = shape
             .iter()
+            .filter(|&&d| d != 0)
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or_else(|| invalid(format!("tensor '{name}': shape {shape:?} overflows")))?;
         let row_bytes = dtype.row_bytes(row).ok_or_else(|| {
@@ -116,7 +118,7 @@ impl<'a> GgufWriter<'a> {
                 dtype.block_size()
             ))
         })?;
-        if row == 0 {
+        if shape.contains(&0) {
             return Ok(0);
         }
         row_bytes
