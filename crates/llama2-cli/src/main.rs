@@ -42,8 +42,12 @@ enum Command {
 #[derive(Args)]
 struct ConvertArgs {
     /// Model to convert: a Meta checkpoint folder, a Hugging Face folder or a .gguf file.
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "random")]
+    model: Option<PathBuf>,
+    /// Instead of converting, write random weights with a released shape (7b, 13b) for
+    /// speed measurements; needs --tokenizer.
+    #[arg(long, value_enum, conflicts_with = "model", requires = "tokenizer")]
+    random: Option<RandomShape>,
     /// Tokenizer file when it is not beside the model.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -53,6 +57,14 @@ struct ConvertArgs {
     /// Type of the 2-D weights (norms stay f32).
     #[arg(long = "type", value_enum, default_value_t = WeightType::F16)]
     weight_type: WeightType,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RandomShape {
+    #[value(name = "7b")]
+    Llama7B,
+    #[value(name = "13b")]
+    Llama13B,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -395,8 +407,22 @@ fn convert(a: ConvertArgs) -> Result<()> {
         WeightType::Q8_0 => DType::Q8_0,
         WeightType::Q4_0 => DType::Q4_0,
     };
-    let model = llama2::load_model(&a.model, a.tokenizer.as_deref())?;
-    llama2::convert::convert_to_gguf(&model, &a.out, dtype)?;
+    match (a.random, &a.model, &a.tokenizer) {
+        (Some(shape), _, Some(tok)) => {
+            let json = match shape {
+                RandomShape::Llama7B => r#"{"dim": 4096, "n_layers": 32, "n_heads": 32}"#,
+                RandomShape::Llama13B => r#"{"dim": 5120, "n_layers": 40, "n_heads": 40}"#,
+            };
+            let args = llama2::ModelArgs::from_json(json)?;
+            let tokenizer = Tokenizer::from_file(tok)?;
+            llama2::convert::write_random_gguf(&args, &tokenizer, dtype, &a.out, 1)?;
+        }
+        (None, Some(model), _) => {
+            let model = llama2::load_model(model, a.tokenizer.as_deref())?;
+            llama2::convert::convert_to_gguf(&model, &a.out, dtype)?;
+        }
+        _ => bail!("give --model, or --random with --tokenizer"),
+    }
     let size = std::fs::metadata(&a.out).map_or(0, |m| m.len());
     eprintln!(
         "wrote {} ({:.1} MiB)",

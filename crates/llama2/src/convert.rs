@@ -137,6 +137,136 @@ fn add_tokenizer(w: &mut GgufWriter<'_>, tok: &Tokenizer) -> Result<()> {
     Ok(())
 }
 
+/// llama.cpp's `general.*`, `llama.*` and `tokenizer.*` keys.
+#[allow(clippy::too_many_arguments)]
+fn write_metadata(
+    w: &mut GgufWriter<'_>,
+    a: &crate::config::ModelArgs,
+    vocab_size: usize,
+    name: &str,
+    context_length: usize,
+    tokenizer: &Tokenizer,
+    chat_template: Option<&str>,
+    dtype: DType,
+) -> Result<()> {
+    let s = |x: &str| GgufValue::String(x.to_string());
+    let u = |x: usize| GgufValue::U32(x as u32);
+    w.add("general.architecture", s("llama"))?;
+    w.add("general.type", s("model"))?;
+    w.add("general.name", s(name))?;
+    w.add("general.file_type", GgufValue::U32(file_type(dtype)))?;
+    w.add("general.quantization_version", GgufValue::U32(2))?;
+    w.add("llama.context_length", u(context_length))?;
+    w.add("llama.embedding_length", u(a.dim))?;
+    w.add("llama.block_count", u(a.n_layers))?;
+    w.add("llama.feed_forward_length", u(a.ffn_hidden_dim()))?;
+    w.add("llama.attention.head_count", u(a.n_heads))?;
+    w.add("llama.attention.head_count_kv", u(a.n_kv_heads()))?;
+    w.add("llama.rope.freq_base", GgufValue::F32(a.rope_theta as f32))?;
+    w.add(
+        "llama.attention.layer_norm_rms_epsilon",
+        GgufValue::F32(a.norm_eps as f32),
+    )?;
+    w.add("llama.rope.dimension_count", u(a.head_dim()))?;
+    w.add("llama.vocab_size", u(vocab_size))?;
+    add_tokenizer(w, tokenizer)?;
+    if let Some(t) = chat_template {
+        w.add("tokenizer.chat_template", s(t))?;
+    }
+    Ok(())
+}
+
+/// Writes a model with `args`' shapes and random weights as GGUF, for measuring speed
+/// at real scale without real weights: 2-D weights are `dtype` blocks of random
+/// quantized values with small random scales (float types: small random values), norms
+/// are 1. Generated one tensor at a time, reproducibly from `seed`.
+pub fn write_random_gguf(
+    args: &crate::config::ModelArgs,
+    tokenizer: &Tokenizer,
+    dtype: DType,
+    out: &Path,
+    seed: u64,
+) -> Result<()> {
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::{Rng, SeedableRng};
+    if !TARGETS.contains(&dtype) {
+        return Err(Error::InvalidArgument(format!("cannot write {dtype:?}")));
+    }
+    args.validate()?;
+    let vocab = tokenizer.n_words();
+    let mut w = GgufWriter::new();
+    write_metadata(&mut w, args, vocab, "random", 4096, tokenizer, None, dtype)?;
+    let (dim, hd) = (args.dim, args.head_dim());
+    let (q, kv, ff) = (
+        args.n_heads * hd,
+        args.n_kv_heads() * hd,
+        args.ffn_hidden_dim(),
+    );
+    let mut shapes: Vec<(String, Vec<usize>)> =
+        vec![("token_embd.weight".into(), vec![vocab, dim])];
+    for i in 0..args.n_layers {
+        let b = |x: &str| format!("blk.{i}.{x}");
+        shapes.extend([
+            (b("attn_norm.weight"), vec![dim]),
+            (b("attn_q.weight"), vec![q, dim]),
+            (b("attn_k.weight"), vec![kv, dim]),
+            (b("attn_v.weight"), vec![kv, dim]),
+            (b("attn_output.weight"), vec![dim, q]),
+            (b("ffn_norm.weight"), vec![dim]),
+            (b("ffn_gate.weight"), vec![ff, dim]),
+            (b("ffn_down.weight"), vec![dim, ff]),
+            (b("ffn_up.weight"), vec![ff, dim]),
+        ]);
+    }
+    shapes.push(("output_norm.weight".into(), vec![dim]));
+    shapes.push(("output.weight".into(), vec![vocab, dim]));
+    for (k, (name, shape)) in shapes.into_iter().enumerate() {
+        let is_norm = shape.len() == 1;
+        let target = if is_norm { DType::F32 } else { dtype };
+        let numel: usize = shape.iter().product();
+        let n_bytes = target.row_bytes(numel).ok_or_else(|| {
+            Error::InvalidArgument(format!("{name}: rows are not whole {dtype:?} blocks"))
+        })?;
+        w.add_tensor_lazy(name, target, &shape, move || {
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut bytes = vec![0u8; n_bytes];
+            if is_norm {
+                for c in bytes.chunks_exact_mut(4) {
+                    c.copy_from_slice(&1.0f32.to_le_bytes());
+                }
+                return Ok(bytes);
+            }
+            rng.fill_bytes(&mut bytes);
+            let bb = target.block_bytes();
+            if target.is_quantized() {
+                // Scales (first f16 of every block; Q4_1's minimum too) small and finite.
+                for blk in bytes.chunks_exact_mut(bb) {
+                    let d = half::f16::from_f32(0.002 + (blk[0] as f32) * 1e-5);
+                    blk[..2].copy_from_slice(&d.to_bits().to_le_bytes());
+                }
+            } else {
+                let vals: Vec<f32> = bytes
+                    .chunks_exact(bb)
+                    .map(|c| (c[0] as f32 - 127.5) * 1e-4)
+                    .collect();
+                return encode(
+                    &Tensor {
+                        dtype: DType::F32,
+                        shape: vec![vals.len()],
+                        storage: Storage::Owned(std::sync::Arc::new(
+                            vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                        )),
+                    },
+                    target,
+                );
+            }
+            Ok(bytes)
+        })?;
+    }
+    w.write_file(out)
+}
+
 fn same_storage(a: &Tensor, b: &Tensor) -> bool {
     match (&a.storage, &b.storage) {
         (
@@ -165,35 +295,17 @@ pub fn convert_to_gguf(model: &LoadedModel, out: &Path, dtype: DType) -> Result<
             "cannot write {dtype:?}: choose f32, f16, q8_0 or q4_0"
         )));
     }
-    let a = &model.weights.args;
     let mut w = GgufWriter::new();
-    let s = |x: &str| GgufValue::String(x.to_string());
-    let u = |x: usize| GgufValue::U32(x as u32);
-    w.add("general.architecture", s("llama"))?;
-    w.add("general.type", s("model"))?;
-    w.add("general.name", s(model.name.as_deref().unwrap_or("llama")))?;
-    w.add("general.file_type", GgufValue::U32(file_type(dtype)))?;
-    w.add("general.quantization_version", GgufValue::U32(2))?;
-    w.add(
-        "llama.context_length",
-        u(model.context_length.unwrap_or(4096)),
+    write_metadata(
+        &mut w,
+        &model.weights.args,
+        model.weights.vocab_size,
+        model.name.as_deref().unwrap_or("llama"),
+        model.context_length.unwrap_or(4096),
+        &model.tokenizer,
+        model.chat_template.as_deref(),
+        dtype,
     )?;
-    w.add("llama.embedding_length", u(a.dim))?;
-    w.add("llama.block_count", u(a.n_layers))?;
-    w.add("llama.feed_forward_length", u(a.ffn_hidden_dim()))?;
-    w.add("llama.attention.head_count", u(a.n_heads))?;
-    w.add("llama.attention.head_count_kv", u(a.n_kv_heads()))?;
-    w.add("llama.rope.freq_base", GgufValue::F32(a.rope_theta as f32))?;
-    w.add(
-        "llama.attention.layer_norm_rms_epsilon",
-        GgufValue::F32(a.norm_eps as f32),
-    )?;
-    w.add("llama.rope.dimension_count", u(a.head_dim()))?;
-    w.add("llama.vocab_size", u(model.weights.vocab_size))?;
-    add_tokenizer(&mut w, &model.tokenizer)?;
-    if let Some(t) = &model.chat_template {
-        w.add("tokenizer.chat_template", s(t))?;
-    }
 
     let tensors = &model.weights.tensors;
     let mut names: Vec<&String> = tensors.keys().filter(|n| gguf_name(n).is_some()).collect();
