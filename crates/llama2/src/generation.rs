@@ -693,11 +693,22 @@ impl Llama {
         prompts: &[S],
         opts: &GenerationOptions,
     ) -> Result<Vec<CompletionPrediction>> {
+        self.text_completion_with(prompts, opts, &mut |_, _| ControlFlow::Continue(()))
+    }
+
+    /// [`Llama::text_completion`], calling `on_token(row, id)` for every generated token
+    /// as [`Llama::generate_with`] does; `Break` stops the whole call.
+    pub fn text_completion_with<S: AsRef<str>>(
+        &mut self,
+        prompts: &[S],
+        opts: &GenerationOptions,
+        on_token: &mut dyn FnMut(usize, u32) -> ControlFlow<()>,
+    ) -> Result<Vec<CompletionPrediction>> {
         let tokens: Vec<Vec<u32>> = prompts
             .iter()
             .map(|p| self.tokenizer.encode(p.as_ref(), true, false))
             .collect();
-        let outs = self.generate(&tokens, opts)?;
+        let outs = self.generate_with(&tokens, opts, on_token)?;
         outs.into_iter()
             .map(|o| self.completion_prediction(o))
             .collect()
@@ -740,6 +751,19 @@ impl Llama {
         dialogs: &[Dialog],
         opts: &GenerationOptions,
     ) -> Result<Vec<ChatPrediction>> {
+        self.chat_completion_with(dialogs, opts, &mut |_, _| ControlFlow::Continue(()))
+    }
+
+    /// [`Llama::chat_completion`], calling `on_token(row, id)` for every generated token
+    /// as [`Llama::generate_with`] does (`row` counts only the dialogs that are not
+    /// refused). Returning `Break` stops the whole call; the answers then hold what was
+    /// generated so far.
+    pub fn chat_completion_with(
+        &mut self,
+        dialogs: &[Dialog],
+        opts: &GenerationOptions,
+        on_token: &mut dyn FnMut(usize, u32) -> ControlFlow<()>,
+    ) -> Result<Vec<ChatPrediction>> {
         let prompts = self.dialog_prompts(dialogs)?;
         let safe: Vec<Vec<u32>> = prompts.iter().flatten().cloned().collect();
         let chat_opts = GenerationOptions {
@@ -748,9 +772,7 @@ impl Llama {
         };
         let stops = self.chat_stops();
         let mut outs = self
-            .generate_until(&safe, &chat_opts, &stops, &mut |_, _| {
-                ControlFlow::Continue(())
-            })?
+            .generate_until(&safe, &chat_opts, &stops, on_token)?
             .into_iter();
         prompts
             .iter()
