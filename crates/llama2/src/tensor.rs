@@ -86,7 +86,7 @@ impl DType {
     /// Bytes holding `n` consecutive values, or `None` when `n` is not a whole number
     /// of blocks (or the size overflows).
     pub fn row_bytes(self, n: usize) -> Option<usize> {
-        if n % self.block_size() != 0 {
+        if !n.is_multiple_of(self.block_size()) {
             return None;
         }
         (n / self.block_size()).checked_mul(self.block_bytes())

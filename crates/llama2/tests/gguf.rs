@@ -741,7 +741,7 @@ fn mutated_files_never_panic() {
                 _ => xorshift(&mut seed) as u8,
             };
         }
-        if xorshift(&mut seed) % 8 == 0 {
+        if xorshift(&mut seed).is_multiple_of(8) {
             let cut = (xorshift(&mut seed) as usize) % b.len();
             b.truncate(cut);
         }

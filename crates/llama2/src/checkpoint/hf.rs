@@ -118,7 +118,7 @@ fn model_args(path: &Path, cfg: &HfConfig) -> Result<ModelArgs> {
             return Err(bad(format!("rope_scaling {s} is not supported")));
         }
     }
-    if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+    if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
         return Err(bad(
             "hidden_size must be a multiple of num_attention_heads".into()
         ));

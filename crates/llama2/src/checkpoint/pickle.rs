@@ -417,7 +417,7 @@ impl<'a> Machine<'a> {
 
     /// Adds key/value pairs to the dict on top of the stack.
     fn set_items(&mut self, pairs: Vec<Value>) -> Result<(), PickleError> {
-        if pairs.len() % 2 != 0 {
+        if !pairs.len().is_multiple_of(2) {
             return Err(self.invalid("SETITEMS with an odd number of values"));
         }
         let child_depth = pairs.iter().map(Value::depth).max().unwrap_or(0);

@@ -10,10 +10,13 @@
 
 pub mod convert;
 mod dot;
+pub mod packed;
 pub mod qdot;
 pub mod quant;
 
 pub use dot::{dot, dot_scalar, Isa};
+
+use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 
@@ -28,6 +31,9 @@ pub struct Matrix {
     pub cols: usize,
     /// The stored weights.
     pub tensor: Tensor,
+    /// The weights interleaved for the integer kernels ([`packed`]), made at the first
+    /// [`Precision::Fast`] product; `None` inside for types without that layout.
+    packed: Arc<OnceLock<Option<packed::PackedMatrix>>>,
 }
 
 impl Matrix {
@@ -35,9 +41,12 @@ impl Matrix {
     /// `None` unless the tensor is 2-D with rows made of whole quantization blocks.
     pub fn new(tensor: Tensor) -> Option<Matrix> {
         match tensor.shape[..] {
-            [rows, cols] if tensor.dtype.row_bytes(cols).is_some() => {
-                Some(Matrix { rows, cols, tensor })
-            }
+            [rows, cols] if tensor.dtype.row_bytes(cols).is_some() => Some(Matrix {
+                rows,
+                cols,
+                tensor,
+                packed: Arc::default(),
+            }),
             _ => None,
         }
     }
@@ -50,6 +59,15 @@ impl Matrix {
     fn row_bytes(&self, r0: usize, r1: usize) -> &[u8] {
         let w = self.dtype().row_bytes(self.cols).unwrap_or(0);
         &self.tensor.bytes()[r0 * w..r1 * w]
+    }
+
+    /// The interleaved copy of the weights for the integer kernels, made on first use.
+    fn packed(&self) -> Option<&packed::PackedMatrix> {
+        self.packed
+            .get_or_init(|| {
+                packed::PackedMatrix::pack(self.dtype(), self.tensor.bytes(), self.rows, self.cols)
+            })
+            .as_ref()
     }
 
     /// Row `r` converted to f32 into `out` (`cols` long).
@@ -65,7 +83,9 @@ const ROW_BLOCK: usize = 4;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     /// llama.cpp's arithmetic: for Q8_0, Q4_0 and Q4_1 weights, activations are
-    /// quantized to 8-bit blocks and multiplied as integers ([`qdot`]).
+    /// quantized to 8-bit blocks and multiplied as integers. Q4_0 and Q8_0 weights are
+    /// interleaved at first use and summed per block as llama.cpp's repacked kernels do
+    /// ([`packed`]); Q4_1 keeps its file layout and llama.cpp's `vec_dot` lanes ([`qdot`]).
     #[default]
     Fast,
     /// Weights dequantized to f32 and multiplied with f32 activations (the
@@ -91,11 +111,19 @@ fn rows_per_task(rows: usize) -> usize {
 /// [`matmul`] with a choice of [`Precision`] for quantized weights.
 pub fn matmul_with(w: &Matrix, x: &[f32], out: &mut [f32], precision: Precision) {
     let (rows, cols) = (w.rows, w.cols);
-    assert!(cols > 0 && x.len() % cols == 0, "activation width mismatch");
+    assert!(
+        cols > 0 && x.len().is_multiple_of(cols),
+        "activation width mismatch"
+    );
     let n = x.len() / cols;
     assert_eq!(out.len(), n * rows, "output size mismatch");
-    if precision == Precision::Fast && qdot::supports(w.dtype()) {
-        return matmul_q8(w, x, out);
+    if precision == Precision::Fast {
+        if let Some(p) = w.packed() {
+            return matmul_packed(p, x, cols, out);
+        }
+        if qdot::supports(w.dtype()) {
+            return matmul_q8(w, x, out);
+        }
     }
     let isa = Isa::detect();
     let per_task = rows_per_task(rows);
@@ -131,44 +159,102 @@ pub fn matmul_with(w: &Matrix, x: &[f32], out: &mut [f32], precision: Precision)
 fn matmul_q8(w: &Matrix, x: &[f32], out: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
     let n = x.len() / cols;
-    let acts: Vec<Vec<qdot::Q8Block>> = x
-        .chunks_exact(cols)
-        .map(|row| {
-            let mut blocks = Vec::with_capacity(cols / qdot::QK);
-            qdot::quantize_activations(row, &mut blocks);
-            blocks
-        })
-        .collect();
+    let acts = quantize_rows(x, cols);
     let simd = Isa::detect() != Isa::Baseline;
     let per_task = rows_per_task(rows);
     let out_ptr = SharedOut(out.as_mut_ptr());
     // Tokens per tile: the tile's activations stay in L2 while the task's rows stream.
     const TOKEN_TILE: usize = 64;
+    // Weight rows per kernel call: a single token needs several rows in flight to keep
+    // the multiply-add chains busy; a token group already has one chain per token.
+    let row_block = if n == 1 { 4 } else { 2 };
     (0..rows.div_ceil(per_task))
         .into_par_iter()
         .for_each(|task| {
             let r0 = task * per_task;
             let r1 = (r0 + per_task).min(rows);
-            let mut res = [0.0f32; qdot::MAX_TOKENS];
+            let mut res = [0.0f32; qdot::MAX_ROWS * qdot::MAX_TOKENS];
             for t0 in (0..n).step_by(TOKEN_TILE) {
                 let tile = &acts[t0..(t0 + TOKEN_TILE).min(n)];
-                for r in r0..r1 {
-                    let row = w.row_bytes(r, r + 1);
+                let mut r = r0;
+                while r < r1 {
+                    let nr = row_block.min(r1 - r);
+                    let rws: [&[u8]; qdot::MAX_ROWS] = std::array::from_fn(|i| {
+                        w.row_bytes(r + i.min(nr - 1), r + i.min(nr - 1) + 1)
+                    });
                     for (g, group) in tile.chunks(qdot::MAX_TOKENS).enumerate() {
+                        let nt = group.len();
                         let refs: [&[qdot::Q8Block]; qdot::MAX_TOKENS] =
                             std::array::from_fn(|i| group.get(i).map_or(&[][..], Vec::as_slice));
-                        qdot::dot_many(w.dtype(), row, &refs[..group.len()], simd, &mut res);
-                        for (i, v) in res[..group.len()].iter().enumerate() {
-                            let t = t0 + g * qdot::MAX_TOKENS + i;
-                            // SAFETY: `t < n`, `r < rows`: inside `out` (n * rows long); rows
-                            // are split between tasks, so each element has one writer.
-                            unsafe { *out_ptr.at(t * rows + r) = *v };
+                        qdot::dot_tile(w.dtype(), &rws[..nr], &refs[..nt], simd, &mut res);
+                        for (i, v) in res[..nr * nt].iter().enumerate() {
+                            let t = t0 + g * qdot::MAX_TOKENS + i % nt;
+                            // SAFETY: `t < n`, `r + i / nt < r1 <= rows`: inside `out`
+                            // (n * rows long); rows are split between tasks, so each
+                            // element has one writer.
+                            unsafe { *out_ptr.at(t * rows + r + i / nt) = *v };
+                        }
+                    }
+                    r += nr;
+                }
+            }
+        });
+    debug_assert_eq!(acts.len(), n);
+}
+
+/// Each activation row quantized to 8-bit blocks.
+fn quantize_rows(x: &[f32], cols: usize) -> Vec<Vec<qdot::Q8Block>> {
+    x.chunks_exact(cols)
+        .map(|row| {
+            let mut blocks = Vec::with_capacity(cols / qdot::QK);
+            qdot::quantize_activations(row, &mut blocks);
+            blocks
+        })
+        .collect()
+}
+
+/// The product over interleaved Q4_0/Q8_0 weights: groups of eight rows are split among
+/// the workers; each group meets the tokens four at a time.
+fn matmul_packed(w: &packed::PackedMatrix, x: &[f32], cols: usize, out: &mut [f32]) {
+    let rows = w.rows();
+    let n = x.len() / cols;
+    let acts = quantize_rows(x, cols);
+    let simd = Isa::detect() != Isa::Baseline;
+    let groups = w.groups();
+    let per_task = (rows_per_task(rows) / packed::GROUP).max(1);
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    const TOKEN_TILE: usize = 64;
+    (0..groups.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|task| {
+            let g0 = task * per_task;
+            let g1 = (g0 + per_task).min(groups);
+            let mut res = [0.0f32; packed::GROUP * packed::MAX_TOKENS];
+            for t0 in (0..n).step_by(TOKEN_TILE) {
+                let tile = &acts[t0..(t0 + TOKEN_TILE).min(n)];
+                for g in g0..g1 {
+                    let live = packed::GROUP.min(rows - g * packed::GROUP);
+                    for (k, group) in tile.chunks(packed::MAX_TOKENS).enumerate() {
+                        let refs: [&[qdot::Q8Block]; packed::MAX_TOKENS] =
+                            std::array::from_fn(|i| group.get(i).map_or(&[][..], Vec::as_slice));
+                        w.dot_group(g, &refs[..group.len()], simd, &mut res);
+                        for (i, vals) in res
+                            .chunks_exact(packed::GROUP)
+                            .take(group.len())
+                            .enumerate()
+                        {
+                            let t = t0 + k * packed::MAX_TOKENS + i;
+                            for (r, v) in vals[..live].iter().enumerate() {
+                                // SAFETY: `t < n` and `8g + r < rows`: inside `out` (n * rows
+                                // long); groups are split between tasks, so each element
+                                // has one writer.
+                                unsafe { *out_ptr.at(t * rows + g * packed::GROUP + r) = *v };
+                            }
                         }
                     }
                 }
             }
         });
-    debug_assert_eq!(acts.len(), n);
 }
 
 /// Raw output pointer shared by matmul tasks that write disjoint elements.

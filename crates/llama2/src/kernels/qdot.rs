@@ -22,6 +22,8 @@ pub struct Q8Block {
     pub s: f32,
     /// Quantized values.
     pub qs: [i8; QK],
+    /// `sum(qs)`, exact (for kernels that offset unsigned weights).
+    pub sum: i32,
 }
 
 /// True for weight types with an 8-bit-activation dot product here.
@@ -48,6 +50,7 @@ pub fn quantize_activations(x: &[f32], out: &mut Vec<Q8Block>) {
             d: d16.to_f32(),
             s: f16::from_f32(d * sum as f32).to_f32(),
             qs,
+            sum,
         });
     }
 }
@@ -124,89 +127,158 @@ fn dot_generic(dtype: DType, row: &[u8], acts: &[Q8Block]) -> f32 {
     hsum8(acc) + summs
 }
 
-/// Most activation rows one [`dot_many`] call handles (weights are unpacked once for all).
+/// Most activation rows one [`dot_tile`] call handles.
 pub const MAX_TOKENS: usize = 4;
+/// Most weight rows one [`dot_tile`] call handles.
+pub const MAX_ROWS: usize = 4;
 
-/// AVX2 version of [`dot_generic`] for up to [`MAX_TOKENS`] activation rows at once: the
-/// same lane partition (llama.cpp's `mul_sum_i8_pairs_float`: `maddubs` pairs, then
-/// `madd` pairs, so lane `j` holds values `4j..4j+3`), the same fused multiply-adds
-/// and horizontal sum, so each result is bit-identical to the portable path.
+/// Weight formats of the integer kernels, as const-generic tags (so each format gets its
+/// own loop with no per-block branching).
+const Q8_0: u8 = 0;
+const Q4_0: u8 = 1;
+const Q4_1: u8 = 2;
+
+/// AVX2 version of [`dot_generic`] for a tile of `R` weight rows by `T` activation rows:
+/// `out[r * T + t] = dot(rows[r], acts[t])`. Each weight block is unpacked once for all
+/// `T` tokens, each activation block loaded once for all `R` rows, and the `R * T`
+/// accumulators are independent chains, which hides the latency of the multiply-adds
+/// (one row alone is a serial chain of them). Per element it is the same arithmetic as
+/// the portable path — llama.cpp's `mul_sum_i8_pairs_float` lane partition (`maddubs`
+/// pairs, then `madd` pairs, so lane `j` holds values `4j..4j+3`), the same fused
+/// multiply-adds in the same order and the same horizontal sum — so results are
+/// bit-identical to it.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_many_avx2(dtype: DType, row: &[u8], acts: &[&[Q8Block]], out: &mut [f32]) {
+unsafe fn tile_avx2<const F: u8, const R: usize, const T: usize>(
+    rows: &[&[u8]],
+    acts: &[&[Q8Block]],
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
-    let bb = dtype.block_bytes();
-    let half_to_f32 = |b: &[u8], at: usize| {
-        let bits = u16::from_le_bytes([b[at], b[at + 1]]) as i32;
+    let (bb, off) = match F {
+        Q8_0 => (34, 2),
+        Q4_0 => (18, 2),
+        _ => (20, 4),
+    };
+    let rows: [&[u8]; R] = std::array::from_fn(|r| rows[r]);
+    let acts: [&[Q8Block]; T] = std::array::from_fn(|t| acts[t]);
+    let nb = rows[0].len() / bb;
+    for r in rows {
+        assert_eq!(r.len(), nb * bb, "weight rows of one tile differ in length");
+    }
+    for a in acts {
+        assert!(a.len() >= nb, "activation row shorter than the weight row");
+    }
+    let half_to_f32 = |p: *const u8| {
+        // SAFETY (caller): `p` points at two readable bytes.
+        let bits = u16::from_le_bytes([*p, *p.add(1)]) as i32;
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
     };
     let low = _mm256_set1_epi8(0x0f);
+    let eight = _mm256_set1_epi8(8);
     let ones = _mm256_set1_epi16(1);
-    let nt = acts.len().min(MAX_TOKENS);
-    let mut acc = [_mm256_setzero_ps(); MAX_TOKENS];
-    let mut summs = [0.0f32; MAX_TOKENS];
-    for (b, blk) in row.chunks_exact(bb).enumerate() {
-        // SAFETY (loads): `blk` has `bb` bytes (34 for Q8_0: 32 read from offset 2;
-        // 18/20 for Q4_0/Q4_1: 16 read from offset 2/4); each `qs` has 32 bytes.
-        let w = match dtype {
-            DType::Q8_0 => _mm256_loadu_si256(blk[2..].as_ptr() as *const __m256i),
-            _ => {
-                let off = if dtype == DType::Q4_1 { 4 } else { 2 };
-                let tmp = _mm_loadu_si128(blk[off..].as_ptr() as *const __m128i);
-                let nibbles = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp), low);
-                if dtype == DType::Q4_0 {
-                    _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8))
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut summs = [[0.0f32; T]; R];
+    for b in 0..nb {
+        let mut ys = [_mm256_setzero_si256(); T];
+        for t in 0..T {
+            // SAFETY: `b < nb <= acts[t].len()`, checked above; `qs` holds 32 bytes.
+            ys[t] = _mm256_loadu_si256(acts[t].get_unchecked(b).qs.as_ptr() as *const __m256i);
+        }
+        for r in 0..R {
+            // SAFETY: block `b` of row `r` spans bytes `b*bb..(b+1)*bb`, inside the row
+            // (checked above); reads stay within it (32 bytes from offset 2 for Q8_0,
+            // 16 bytes from offset 2/4 for Q4_0/Q4_1, f16 scales at offsets 0 and 2).
+            let blk = rows[r].as_ptr().add(b * bb);
+            let w = if F == Q8_0 {
+                _mm256_loadu_si256(blk.add(off) as *const __m256i)
+            } else {
+                let tmp = _mm_loadu_si128(blk.add(off) as *const __m128i);
+                let nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp), low);
+                if F == Q4_0 {
+                    _mm256_sub_epi8(nib, eight)
                 } else {
-                    nibbles
+                    nib
                 }
-            }
-        };
-        let dw = half_to_f32(blk, 0);
-        let mw = if dtype == DType::Q4_1 {
-            half_to_f32(blk, 2)
-        } else {
-            0.0
-        };
-        let ax = _mm256_sign_epi8(w, w);
-        for t in 0..nt {
-            let a = &acts[t][b];
-            let y = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-            let sy = _mm256_sign_epi8(y, w);
-            let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(ax, sy)));
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d), lanes, acc[t]);
-            if dtype == DType::Q4_1 {
-                summs[t] += mw * a.s;
+            };
+            let dw = half_to_f32(blk);
+            let mw = if F == Q4_1 {
+                half_to_f32(blk.add(2))
+            } else {
+                0.0
+            };
+            let ax = _mm256_sign_epi8(w, w);
+            for t in 0..T {
+                let a = acts[t].get_unchecked(b);
+                let sy = _mm256_sign_epi8(ys[t], w);
+                let lanes =
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(ax, sy)));
+                acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d), lanes, acc[r][t]);
+                if F == Q4_1 {
+                    summs[r][t] += mw * a.s;
+                }
             }
         }
     }
-    for t in 0..nt {
-        let mut lanes = [0.0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[t]);
-        out[t] = hsum8(lanes) + summs[t];
+    for r in 0..R {
+        for t in 0..T {
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][t]);
+            out[r * T + t] = hsum8(lanes) + summs[r][t];
+        }
     }
 }
 
-/// Dot products of one quantized weight row with up to [`MAX_TOKENS`] rows of quantized
-/// activations (`out[t]` for `acts[t]`). `use_simd` selects the AVX2+FMA kernel where the
-/// CPU has it; results are bit-identical either way (`mul_add` is exactly rounded).
-pub fn dot_many(dtype: DType, row: &[u8], acts: &[&[Q8Block]], use_simd: bool, out: &mut [f32]) {
-    debug_assert!(supports(dtype) && acts.len() <= MAX_TOKENS && out.len() >= acts.len());
+/// Dot products of a tile of up to [`MAX_ROWS`] weight rows (equal lengths) with up to
+/// [`MAX_TOKENS`] rows of quantized activations: `out[r * acts.len() + t]` is
+/// `dot(rows[r], acts[t])`. `use_simd` selects the AVX2+FMA kernel where the CPU has
+/// it; results are bit-identical either way (`mul_add` is exactly rounded).
+pub fn dot_tile(
+    dtype: DType,
+    rows: &[&[u8]],
+    acts: &[&[Q8Block]],
+    use_simd: bool,
+    out: &mut [f32],
+) {
+    let (nr, nt) = (rows.len(), acts.len());
+    assert!(supports(dtype) && (1..=MAX_ROWS).contains(&nr) && (1..=MAX_TOKENS).contains(&nt));
+    assert!(out.len() >= nr * nt, "output too short for the tile");
     #[cfg(target_arch = "x86_64")]
     if use_simd && has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
-        unsafe { dot_many_avx2(dtype, row, acts, out) };
+        macro_rules! dispatch {
+            ($f:expr; $(($r:literal, $t:literal)),*) => {
+                match (nr, nt) {
+                    // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
+                    $(($r, $t) => unsafe { tile_avx2::<{ $f }, $r, $t>(rows, acts, out) },)*
+                    _ => unreachable!("tile size checked above"),
+                }
+            };
+        }
+        macro_rules! sizes {
+            ($f:expr) => {
+                dispatch!($f; (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3), (2, 4),
+                    (3, 1), (3, 2), (3, 3), (3, 4), (4, 1), (4, 2), (4, 3), (4, 4))
+            };
+        }
+        match dtype {
+            DType::Q8_0 => sizes!(Q8_0),
+            DType::Q4_0 => sizes!(Q4_0),
+            _ => sizes!(Q4_1),
+        }
         return;
     }
     let _ = use_simd;
-    for (o, a) in out.iter_mut().zip(acts) {
-        *o = dot_generic(dtype, row, a);
+    for (r, row) in rows.iter().enumerate() {
+        for (t, a) in acts.iter().enumerate() {
+            out[r * nt + t] = dot_generic(dtype, row, a);
+        }
     }
 }
 
-/// [`dot_many`] for one activation row.
+/// The dot product of one quantized weight row with one row of quantized activations.
 pub fn dot(dtype: DType, row: &[u8], acts: &[Q8Block], use_simd: bool) -> f32 {
     let mut out = [0.0f32];
-    dot_many(dtype, row, &[acts], use_simd, &mut out);
+    dot_tile(dtype, &[row], &[acts], use_simd, &mut out);
     out[0]
 }
 
@@ -250,7 +322,10 @@ mod tests {
         }
         // Zero blocks quantize to zeros with scale 0.
         quantize_activations(&[0.0; 32], &mut blocks);
-        assert_eq!((blocks[0].d, blocks[0].qs), (0.0, [0; 32]));
+        assert_eq!(
+            (blocks[0].d, blocks[0].qs, blocks[0].sum),
+            (0.0, [0; 32], 0)
+        );
         // Ties round to even, as _mm256_round_ps(_MM_ROUND_NEAREST) does.
         let mut x = vec![0.0f32; 32];
         x[0] = 127.0;
@@ -286,6 +361,48 @@ mod tests {
                 got.to_bits(),
                 "{dtype:?}"
             );
+        }
+    }
+
+    /// Every tile shape of the SIMD kernel gives, element for element, the bits of the
+    /// portable one-row-one-token dot.
+    #[test]
+    fn simd_tiles_are_bit_identical_to_the_portable_dot() {
+        for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+            let cols = 32 * 37;
+            let rows: Vec<Vec<u8>> = (0..MAX_ROWS as u64)
+                .map(|r| {
+                    let mut row = Vec::new();
+                    quant::quantize(dtype, &values(cols, 100 + r), &mut row).unwrap();
+                    row
+                })
+                .collect();
+            let acts: Vec<Vec<Q8Block>> = (0..MAX_TOKENS as u64)
+                .map(|t| {
+                    let mut a = Vec::new();
+                    quantize_activations(&values(cols, 200 + t), &mut a);
+                    a
+                })
+                .collect();
+            for nr in 1..=MAX_ROWS {
+                for nt in 1..=MAX_TOKENS {
+                    let r: Vec<&[u8]> = rows[..nr].iter().map(Vec::as_slice).collect();
+                    let a: Vec<&[Q8Block]> = acts[..nt].iter().map(Vec::as_slice).collect();
+                    let mut simd = vec![0.0f32; nr * nt];
+                    dot_tile(dtype, &r, &a, true, &mut simd);
+                    let mut portable = vec![0.0f32; nr * nt];
+                    dot_tile(dtype, &r, &a, false, &mut portable);
+                    for i in 0..nr * nt {
+                        let want = dot_generic(dtype, r[i / nt], a[i % nt]);
+                        assert_eq!(portable[i].to_bits(), want.to_bits());
+                        assert_eq!(
+                            simd[i].to_bits(),
+                            want.to_bits(),
+                            "{dtype:?} {nr}x{nt} #{i}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -202,7 +202,7 @@ pub fn quantize(dtype: DType, values: &[f32], out: &mut Vec<u8>) -> Result<()> {
             "cannot quantize to {dtype:?} (supported: Q8_0, Q4_0, Q4_1)"
         )));
     }
-    if values.len() % QK != 0 {
+    if !values.len().is_multiple_of(QK) {
         return Err(Error::InvalidArgument(format!(
             "{dtype:?} quantization needs a multiple of {QK} values, got {}",
             values.len()

@@ -1,0 +1,69 @@
+//! Throughput of the quantized matrix-vector kernel on one thread: a 7B-sized FFN
+//! matrix, repeated over enough copies to stream from memory rather than cache.
+//!
+//! `cargo run --release -p llama2 --example kernel_speed [q4_0|q4_1|q8_0] [tokens]`
+use std::sync::Arc;
+use std::time::Instant;
+
+use llama2::kernels::{matmul_with, quant, Matrix, Precision};
+use llama2::tensor::{DType, Storage, Tensor};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dtype = match args.get(1).map(String::as_str) {
+        Some("q4_1") => DType::Q4_1,
+        Some("q8_0") => DType::Q8_0,
+        _ => DType::Q4_0,
+    };
+    let n: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1);
+    let copies: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(8);
+    let (rows, cols) = (11008, 4096);
+    let mut seed = 1u64;
+    let vals: Vec<f32> = (0..rows * cols)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect();
+    let mut bytes = Vec::new();
+    quant::quantize(dtype, &vals, &mut bytes).unwrap();
+    let mats: Vec<Matrix> = (0..copies)
+        .map(|_| {
+            Matrix::new(Tensor {
+                dtype,
+                shape: vec![rows, cols],
+                storage: Storage::Owned(Arc::new(bytes.clone())),
+            })
+            .unwrap()
+        })
+        .collect();
+    let x: Vec<f32> = vals[..n * cols].to_vec();
+    let mut out = vec![0.0f32; n * rows];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        for _ in 0..2 {
+            for m in &mats {
+                matmul_with(m, &x, &mut out, Precision::Fast);
+            }
+        }
+        let reps = 5;
+        let t = Instant::now();
+        for _ in 0..reps {
+            for m in &mats {
+                matmul_with(m, &x, &mut out, Precision::Fast);
+            }
+        }
+        let s = t.elapsed().as_secs_f64();
+        let gb = (reps * copies * bytes.len()) as f64 / 1e9;
+        println!(
+            "{dtype:?} n={n}: {:.2} GB/s of weights, {:.3} ms per matrix",
+            gb / s,
+            s * 1e3 / (reps * copies) as f64
+        );
+    });
+}
