@@ -1,11 +1,11 @@
-//! Throughput of the quantized matrix-vector kernel on one thread: a 7B-sized FFN
+//! Throughput of the quantized matrix products (one thread unless told): a 7B-sized FFN
 //! matrix, repeated over enough copies to stream from memory rather than cache.
 //!
-//! `cargo run --release -p llama2 --example kernel_speed [q4_0|q4_1|q8_0] [tokens]`
+//! `cargo run --release -p llama2 --example kernel_speed [q4_0|q4_1|q8_0] [tokens] [copies] [threads]`
 use std::sync::Arc;
 use std::time::Instant;
 
-use llama2::kernels::{matmul_with, quant, Matrix, Precision};
+use llama2::kernels::{matmul_with, quant, Matrix, Precision, WorkerPool};
 use llama2::tensor::{DType, Storage, Tensor};
 
 fn main() {
@@ -41,21 +41,19 @@ fn main() {
         .collect();
     let x: Vec<f32> = vals[..n * cols].to_vec();
     let mut out = vec![0.0f32; n * rows];
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    pool.install(|| {
+    let threads: usize = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(1);
+    let pool = WorkerPool::new(threads).unwrap();
+    {
         for _ in 0..2 {
             for m in &mats {
-                matmul_with(m, &x, &mut out, Precision::Fast);
+                matmul_with(&pool, m, &x, &mut out, Precision::Fast);
             }
         }
         let reps = 5;
         let t = Instant::now();
         for _ in 0..reps {
             for m in &mats {
-                matmul_with(m, &x, &mut out, Precision::Fast);
+                matmul_with(&pool, m, &x, &mut out, Precision::Fast);
             }
         }
         let s = t.elapsed().as_secs_f64();
@@ -65,5 +63,5 @@ fn main() {
             gb / s,
             s * 1e3 / (reps * copies) as f64
         );
-    });
+    }
 }

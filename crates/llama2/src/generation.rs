@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::chat::ChatTemplate;
 use crate::chat::{self, Dialog, Message, Role};
 use crate::error::{Error, Result};
-use crate::kernels::Precision;
+use crate::kernels::{Precision, WorkerPool};
 use crate::loader::{load_model, LoadedModel};
 use crate::model::{KvCache, SeqChunk, Transformer};
 use crate::sampling::{self, Sampler, SamplingParams};
@@ -198,7 +198,7 @@ pub struct Llama {
     tokenizer: Arc<Tokenizer>,
     max_seq_len: usize,
     max_batch_size: usize,
-    pool: rayon::ThreadPool,
+    pool: WorkerPool,
     sampler: Sampler,
     rope: crate::kernels::RopeTable,
     stats: GenerationStats,
@@ -214,7 +214,7 @@ impl std::fmt::Debug for Llama {
             .field("args", self.model.args())
             .field("max_seq_len", &self.max_seq_len)
             .field("max_batch_size", &self.max_batch_size)
-            .field("threads", &self.pool.current_num_threads())
+            .field("threads", &self.pool.threads())
             .finish()
     }
 }
@@ -332,10 +332,7 @@ impl Llama {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("llama2-worker-{i}"))
-            .build()
+        let pool = WorkerPool::new(threads)
             .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} threads: {e}")))?;
         let rope = model.rope_table(max_seq_len);
         let eos_ids = vec![tokenizer.eos_id()];
@@ -397,7 +394,7 @@ impl Llama {
 
     /// Worker threads.
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.pool.threads()
     }
 
     /// Times one prefill of `n` tokens from an empty cache (logits of the last position
@@ -423,8 +420,7 @@ impl Llama {
         };
         let (model, rope) = (&self.model, &self.rope);
         let start = std::time::Instant::now();
-        self.pool
-            .install(|| model.forward(&mut cache, rope, &[chunk]))?;
+        model.forward(&self.pool, &mut cache, rope, &[chunk])?;
         Ok(start.elapsed())
     }
 
@@ -449,9 +445,7 @@ impl Llama {
                 tokens: &t,
                 all_logits: false,
             };
-            let logits = self
-                .pool
-                .install(|| model.forward(&mut cache, rope, &[chunk]))?;
+            let logits = model.forward(&self.pool, &mut cache, rope, &[chunk])?;
             tok = sampling::argmax(&logits[0]);
         }
         Ok(start.elapsed())
@@ -478,9 +472,7 @@ impl Llama {
             all_logits: true,
         };
         let (model, rope) = (&self.model, &self.rope);
-        let mut out = self
-            .pool
-            .install(|| model.forward(&mut cache, rope, &[chunk]))?;
+        let mut out = model.forward(&self.pool, &mut cache, rope, &[chunk])?;
         Ok(out.remove(0))
     }
 
@@ -571,9 +563,7 @@ impl Llama {
             .collect();
         let (model, rope) = (&self.model, &self.rope);
         let started = std::time::Instant::now();
-        let prefill = self
-            .pool
-            .install(|| model.forward(&mut cache, rope, &chunks))?;
+        let prefill = model.forward(&self.pool, &mut cache, rope, &chunks)?;
         self.stats = GenerationStats {
             prompt_tokens: prompt_tokens.iter().map(Vec::len).sum(),
             prefill: started.elapsed(),
@@ -643,9 +633,7 @@ impl Llama {
                 })
                 .collect();
             let (model, rope) = (&self.model, &self.rope);
-            let out = self
-                .pool
-                .install(|| model.forward(&mut cache, rope, &chunks))?;
+            let out = model.forward(&self.pool, &mut cache, rope, &chunks)?;
             for ((row, _), logits) in step.iter().zip(out) {
                 last_logits[*row] = logits;
             }

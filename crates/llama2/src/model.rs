@@ -7,11 +7,9 @@
 
 use std::collections::HashMap;
 
-use rayon::prelude::*;
-
 use crate::config::ModelArgs;
 use crate::error::{Error, Result};
-use crate::kernels::{self, Isa, Matrix, Precision, RopeTable};
+use crate::kernels::{self, Isa, Matrix, Precision, RopeTable, WorkerPool};
 use crate::tensor::Tensor;
 
 /// Weights of one transformer block.
@@ -198,9 +196,10 @@ impl Transformer {
     /// Runs `chunks` through the model, filling the cache, and returns for each chunk
     /// its logits: `tokens.len()` rows of `vocab_size` when `all_logits`, else one row.
     ///
-    /// Runs on the current rayon pool (use `ThreadPool::install` to choose one).
+    /// Parallel work runs on `pool`.
     pub fn forward(
         &self,
+        pool: &WorkerPool,
         cache: &mut KvCache,
         rope: &RopeTable,
         chunks: &[SeqChunk<'_>],
@@ -265,9 +264,9 @@ impl Transformer {
             for (o, i) in xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
                 kernels::rmsnorm(i, &b.attention_norm, eps, o);
             }
-            kernels::matmul_with(&b.wq, &xb, &mut q, self.precision);
-            kernels::matmul_with(&b.wk, &xb, &mut k, self.precision);
-            kernels::matmul_with(&b.wv, &xb, &mut v, self.precision);
+            kernels::matmul_with(pool, &b.wq, &xb, &mut q, self.precision);
+            kernels::matmul_with(pool, &b.wk, &xb, &mut k, self.precision);
+            kernels::matmul_with(pool, &b.wv, &xb, &mut v, self.precision);
             for (t, &(slot, pos)) in where_.iter().enumerate() {
                 rope.apply(&mut q[t * q_dim..(t + 1) * q_dim], pos);
                 rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], pos);
@@ -277,36 +276,35 @@ impl Transformer {
             }
             let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
             let seq_len = cache.max_seq_len;
-            att.par_chunks_mut(hd).enumerate().for_each_init(
-                || vec![0.0f32; seq_len],
-                |scores, (idx, out)| {
-                    let (t, h) = (idx / n_heads, idx % n_heads);
-                    let (slot, pos) = where_[t];
-                    let base = slot * seq_len * kv_dim;
-                    let span = (pos + 1) * kv_dim;
-                    kernels::attend(
-                        isa,
-                        &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd],
-                        &kc[base..base + span],
-                        &vc[base..base + span],
-                        kv_dim,
-                        (h / group) * hd,
-                        pos + 1,
-                        scores,
-                        out,
-                    );
-                },
-            );
-            kernels::matmul_with(&b.wo, &att, &mut proj, self.precision);
+            // One task per (token, query head), each writing its own `hd` outputs.
+            pool.for_each_chunk_mut(&mut att, hd, &|idx, out| {
+                let (t, h) = (idx / n_heads, idx % n_heads);
+                let (slot, pos) = where_[t];
+                let base = slot * seq_len * kv_dim;
+                let span = (pos + 1) * kv_dim;
+                let mut scores = vec![0.0f32; pos + 1];
+                kernels::attend(
+                    isa,
+                    &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd],
+                    &kc[base..base + span],
+                    &vc[base..base + span],
+                    kv_dim,
+                    (h / group) * hd,
+                    pos + 1,
+                    &mut scores,
+                    out,
+                )
+            });
+            kernels::matmul_with(pool, &b.wo, &att, &mut proj, self.precision);
             add_in_place(&mut x, &proj);
 
             for (o, i) in xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
                 kernels::rmsnorm(i, &b.ffn_norm, eps, o);
             }
-            kernels::matmul_with(&b.w1, &xb, &mut h1, self.precision);
-            kernels::matmul_with(&b.w3, &xb, &mut h3, self.precision);
+            kernels::matmul_with(pool, &b.w1, &xb, &mut h1, self.precision);
+            kernels::matmul_with(pool, &b.w3, &xb, &mut h3, self.precision);
             kernels::swiglu(&mut h1, &h3);
-            kernels::matmul_with(&b.w2, &h1, &mut proj, self.precision);
+            kernels::matmul_with(pool, &b.w2, &h1, &mut proj, self.precision);
             add_in_place(&mut x, &proj);
         }
 
@@ -325,7 +323,7 @@ impl Transformer {
         }
         let vocab = self.vocab_size;
         let mut logits = vec![0.0f32; wanted.len() * vocab];
-        kernels::matmul_with(&self.output, &normed, &mut logits, self.precision);
+        kernels::matmul_with(pool, &self.output, &normed, &mut logits, self.precision);
         let mut out = Vec::with_capacity(chunks.len());
         let mut at = 0;
         for c in chunks {

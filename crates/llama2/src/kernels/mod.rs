@@ -11,14 +11,14 @@
 pub mod convert;
 mod dot;
 pub mod packed;
+pub mod pool;
 pub mod qdot;
 pub mod quant;
 
 pub use dot::{dot, dot_scalar, Isa};
+pub use pool::WorkerPool;
 
 use std::sync::{Arc, OnceLock};
-
-use rayon::prelude::*;
 
 use crate::tensor::{DType, Tensor};
 
@@ -62,10 +62,14 @@ impl Matrix {
     }
 
     /// The interleaved copy of the weights for the integer kernels, made on first use.
-    fn packed(&self) -> Option<&packed::PackedMatrix> {
+    fn packed(&self, pool: &WorkerPool) -> Option<&packed::PackedMatrix> {
         self.packed
             .get_or_init(|| {
-                packed::PackedMatrix::pack(self.dtype(), self.tensor.bytes(), self.rows, self.cols)
+                let (dtype, bytes) = (self.dtype(), self.tensor.bytes());
+                if !packed::used_for(dtype) {
+                    return None;
+                }
+                packed::PackedMatrix::pack(dtype, bytes, self.rows, self.cols, pool)
             })
             .as_ref()
     }
@@ -95,21 +99,27 @@ pub enum Precision {
 
 /// `out[t][r] = dot(w[r], x[t])` for `n = x.len() / w.cols` activation rows, in f32.
 ///
-/// `x` is `[n, cols]`, `out` is `[n, rows]`, both row-major. Runs on the current rayon
-/// pool, splitting the weight rows among workers.
-pub fn matmul(w: &Matrix, x: &[f32], out: &mut [f32]) {
-    matmul_with(w, x, out, Precision::Exact)
+/// `x` is `[n, cols]`, `out` is `[n, rows]`, both row-major. Runs on `pool`, splitting
+/// the weight rows among its threads.
+pub fn matmul(pool: &WorkerPool, w: &Matrix, x: &[f32], out: &mut [f32]) {
+    matmul_with(pool, w, x, out, Precision::Exact)
 }
 
 /// Rows per parallel task: enough tasks to balance the pool, few enough to keep
 /// per-task overhead small.
-fn rows_per_task(rows: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
+fn rows_per_task(rows: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
     (rows / (threads * 8)).max(16).next_multiple_of(ROW_BLOCK)
 }
 
 /// [`matmul`] with a choice of [`Precision`] for quantized weights.
-pub fn matmul_with(w: &Matrix, x: &[f32], out: &mut [f32], precision: Precision) {
+pub fn matmul_with(
+    pool: &WorkerPool,
+    w: &Matrix,
+    x: &[f32],
+    out: &mut [f32],
+    precision: Precision,
+) {
     let (rows, cols) = (w.rows, w.cols);
     assert!(
         cols > 0 && x.len().is_multiple_of(cols),
@@ -118,87 +128,82 @@ pub fn matmul_with(w: &Matrix, x: &[f32], out: &mut [f32], precision: Precision)
     let n = x.len() / cols;
     assert_eq!(out.len(), n * rows, "output size mismatch");
     if precision == Precision::Fast {
-        if let Some(p) = w.packed() {
-            return matmul_packed(p, x, cols, out);
+        if let Some(p) = w.packed(pool) {
+            return matmul_packed(pool, p, x, cols, out);
         }
         if qdot::supports(w.dtype()) {
-            return matmul_q8(w, x, out);
+            return matmul_q8(pool, w, x, out);
         }
     }
     let isa = Isa::detect();
-    let per_task = rows_per_task(rows);
+    let per_task = rows_per_task(rows, pool.threads());
     let out_ptr = SharedOut(out.as_mut_ptr());
-    (0..rows.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let r0 = task * per_task;
-            let r1 = (r0 + per_task).min(rows);
-            let mut wbuf = vec![0.0f32; ROW_BLOCK * cols];
-            let mut res = [0.0f32; ROW_BLOCK];
-            let mut r = r0;
-            while r < r1 {
-                let nb = ROW_BLOCK.min(r1 - r);
-                convert::to_f32(w.dtype(), w.row_bytes(r, r + nb), &mut wbuf[..nb * cols]);
-                for t in 0..n {
-                    let xt = &x[t * cols..(t + 1) * cols];
-                    dot::dot_rows(isa, &wbuf[..nb * cols], cols, xt, &mut res[..nb]);
-                    for (i, v) in res[..nb].iter().enumerate() {
-                        // SAFETY: `t < n` and `r + i < r1 <= rows`, so the index is inside
-                        // `out` (length n * rows); each task owns rows r0..r1 exclusively,
-                        // so no two tasks write the same element.
-                        unsafe { *out_ptr.at(t * rows + r + i) = *v };
-                    }
+    pool.run(rows.div_ceil(per_task), &|task| {
+        let r0 = task * per_task;
+        let r1 = (r0 + per_task).min(rows);
+        let mut wbuf = vec![0.0f32; ROW_BLOCK * cols];
+        let mut res = [0.0f32; ROW_BLOCK];
+        let mut r = r0;
+        while r < r1 {
+            let nb = ROW_BLOCK.min(r1 - r);
+            convert::to_f32(w.dtype(), w.row_bytes(r, r + nb), &mut wbuf[..nb * cols]);
+            for t in 0..n {
+                let xt = &x[t * cols..(t + 1) * cols];
+                dot::dot_rows(isa, &wbuf[..nb * cols], cols, xt, &mut res[..nb]);
+                for (i, v) in res[..nb].iter().enumerate() {
+                    // SAFETY: `t < n` and `r + i < r1 <= rows`, so the index is inside
+                    // `out` (length n * rows); each task owns rows r0..r1 exclusively,
+                    // so no two tasks write the same element.
+                    unsafe { *out_ptr.at(t * rows + r + i) = *v };
                 }
-                r += nb;
             }
-        });
+            r += nb;
+        }
+    });
 }
 
 /// The 8-bit-activation product: each activation row is quantized once, then every
 /// weight row is dotted with it by [`qdot::dot`].
-fn matmul_q8(w: &Matrix, x: &[f32], out: &mut [f32]) {
+fn matmul_q8(pool: &WorkerPool, w: &Matrix, x: &[f32], out: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
     let n = x.len() / cols;
     let acts = quantize_rows(x, cols);
     let simd = Isa::detect() != Isa::Baseline;
-    let per_task = rows_per_task(rows);
+    let per_task = rows_per_task(rows, pool.threads());
     let out_ptr = SharedOut(out.as_mut_ptr());
     // Tokens per tile: the tile's activations stay in L2 while the task's rows stream.
     const TOKEN_TILE: usize = 64;
     // Weight rows per kernel call: a single token needs several rows in flight to keep
     // the multiply-add chains busy; a token group already has one chain per token.
     let row_block = if n == 1 { 4 } else { 2 };
-    (0..rows.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let r0 = task * per_task;
-            let r1 = (r0 + per_task).min(rows);
-            let mut res = [0.0f32; qdot::MAX_ROWS * qdot::MAX_TOKENS];
-            for t0 in (0..n).step_by(TOKEN_TILE) {
-                let tile = &acts[t0..(t0 + TOKEN_TILE).min(n)];
-                let mut r = r0;
-                while r < r1 {
-                    let nr = row_block.min(r1 - r);
-                    let rws: [&[u8]; qdot::MAX_ROWS] = std::array::from_fn(|i| {
-                        w.row_bytes(r + i.min(nr - 1), r + i.min(nr - 1) + 1)
-                    });
-                    for (g, group) in tile.chunks(qdot::MAX_TOKENS).enumerate() {
-                        let nt = group.len();
-                        let refs: [&[qdot::Q8Block]; qdot::MAX_TOKENS] =
-                            std::array::from_fn(|i| group.get(i).map_or(&[][..], Vec::as_slice));
-                        qdot::dot_tile(w.dtype(), &rws[..nr], &refs[..nt], simd, &mut res);
-                        for (i, v) in res[..nr * nt].iter().enumerate() {
-                            let t = t0 + g * qdot::MAX_TOKENS + i % nt;
-                            // SAFETY: `t < n`, `r + i / nt < r1 <= rows`: inside `out`
-                            // (n * rows long); rows are split between tasks, so each
-                            // element has one writer.
-                            unsafe { *out_ptr.at(t * rows + r + i / nt) = *v };
-                        }
+    pool.run(rows.div_ceil(per_task), &|task| {
+        let r0 = task * per_task;
+        let r1 = (r0 + per_task).min(rows);
+        let mut res = [0.0f32; qdot::MAX_ROWS * qdot::MAX_TOKENS];
+        for t0 in (0..n).step_by(TOKEN_TILE) {
+            let tile = &acts[t0..(t0 + TOKEN_TILE).min(n)];
+            let mut r = r0;
+            while r < r1 {
+                let nr = row_block.min(r1 - r);
+                let rws: [&[u8]; qdot::MAX_ROWS] =
+                    std::array::from_fn(|i| w.row_bytes(r + i.min(nr - 1), r + i.min(nr - 1) + 1));
+                for (g, group) in tile.chunks(qdot::MAX_TOKENS).enumerate() {
+                    let nt = group.len();
+                    let refs: [&[qdot::Q8Block]; qdot::MAX_TOKENS] =
+                        std::array::from_fn(|i| group.get(i).map_or(&[][..], Vec::as_slice));
+                    qdot::dot_tile(w.dtype(), &rws[..nr], &refs[..nt], simd, &mut res);
+                    for (i, v) in res[..nr * nt].iter().enumerate() {
+                        let t = t0 + g * qdot::MAX_TOKENS + i % nt;
+                        // SAFETY: `t < n`, `r + i / nt < r1 <= rows`: inside `out`
+                        // (n * rows long); rows are split between tasks, so each
+                        // element has one writer.
+                        unsafe { *out_ptr.at(t * rows + r + i / nt) = *v };
                     }
-                    r += nr;
                 }
+                r += nr;
             }
-        });
+        }
+    });
     debug_assert_eq!(acts.len(), n);
 }
 
@@ -215,59 +220,68 @@ fn quantize_rows(x: &[f32], cols: usize) -> Vec<Vec<qdot::Q8Block>> {
 
 /// The product over interleaved Q4_0/Q8_0 weights: groups of eight rows are split among
 /// the workers; each group meets the tokens four at a time.
-fn matmul_packed(w: &packed::PackedMatrix, x: &[f32], cols: usize, out: &mut [f32]) {
+fn matmul_packed(
+    pool: &WorkerPool,
+    w: &packed::PackedMatrix,
+    x: &[f32],
+    cols: usize,
+    out: &mut [f32],
+) {
     let rows = w.rows();
     let n = x.len() / cols;
     let acts = quantize_rows(x, cols);
     let simd = Isa::detect() != Isa::Baseline;
     let groups = w.groups();
-    let per_task = (rows_per_task(rows) / packed::GROUP).max(1);
+    let per_task = (rows_per_task(rows, pool.threads()) / packed::GROUP).max(1);
     let out_ptr = SharedOut(out.as_mut_ptr());
     const TOKEN_TILE: usize = 64;
-    (0..groups.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let g0 = task * per_task;
-            let g1 = (g0 + per_task).min(groups);
-            let mut res = [0.0f32; packed::GROUP * packed::MAX_TOKENS];
-            for t0 in (0..n).step_by(TOKEN_TILE) {
-                let tile = &acts[t0..(t0 + TOKEN_TILE).min(n)];
-                for g in g0..g1 {
-                    let live = packed::GROUP.min(rows - g * packed::GROUP);
-                    for (k, group) in tile.chunks(packed::MAX_TOKENS).enumerate() {
-                        let refs: [&[qdot::Q8Block]; packed::MAX_TOKENS] =
-                            std::array::from_fn(|i| group.get(i).map_or(&[][..], Vec::as_slice));
-                        w.dot_group(g, &refs[..group.len()], simd, &mut res);
-                        for (i, vals) in res
-                            .chunks_exact(packed::GROUP)
-                            .take(group.len())
-                            .enumerate()
-                        {
-                            let t = t0 + k * packed::MAX_TOKENS + i;
-                            for (r, v) in vals[..live].iter().enumerate() {
-                                // SAFETY: `t < n` and `8g + r < rows`: inside `out` (n * rows
-                                // long); groups are split between tasks, so each element
-                                // has one writer.
-                                unsafe { *out_ptr.at(t * rows + g * packed::GROUP + r) = *v };
-                            }
+    pool.run(groups.div_ceil(per_task), &|task| {
+        let g0 = task * per_task;
+        let g1 = (g0 + per_task).min(groups);
+        let mut res = [0.0f32; packed::GROUP * packed::MAX_TOKENS];
+        for t0 in (0..n).step_by(TOKEN_TILE) {
+            let tile = &acts[t0..(t0 + TOKEN_TILE).min(n)];
+            for g in g0..g1 {
+                let live = packed::GROUP.min(rows - g * packed::GROUP);
+                for (k, group) in tile.chunks(packed::MAX_TOKENS).enumerate() {
+                    let refs: [&[qdot::Q8Block]; packed::MAX_TOKENS] =
+                        std::array::from_fn(|i| group.get(i).map_or(&[][..], Vec::as_slice));
+                    w.dot_group(g, &refs[..group.len()], simd, &mut res);
+                    for (i, vals) in res
+                        .chunks_exact(packed::GROUP)
+                        .take(group.len())
+                        .enumerate()
+                    {
+                        let t = t0 + k * packed::MAX_TOKENS + i;
+                        for (r, v) in vals[..live].iter().enumerate() {
+                            // SAFETY: `t < n` and `8g + r < rows`: inside `out` (n * rows
+                            // long); groups are split between tasks, so each element
+                            // has one writer.
+                            unsafe { *out_ptr.at(t * rows + g * packed::GROUP + r) = *v };
                         }
                     }
                 }
             }
-        });
+        }
+    });
 }
 
-/// Raw output pointer shared by matmul tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint indices of one live `&mut [f32]` (see `matmul`).
-unsafe impl Send for SharedOut {}
+/// Raw output pointer shared by parallel tasks that write disjoint elements.
+pub(crate) struct SharedOut<T = f32>(pub(crate) *mut T);
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedOut<T> {}
+// SAFETY: tasks write disjoint indices of one live `&mut [T]` (see each use).
+unsafe impl<T: Send> Send for SharedOut<T> {}
 // SAFETY: as above; the pointer is only used for disjoint writes.
-unsafe impl Sync for SharedOut {}
+unsafe impl<T: Send> Sync for SharedOut<T> {}
 
-impl SharedOut {
+impl<T> SharedOut<T> {
     /// Pointer to element `i` (a method, so closures capture the whole wrapper).
-    fn at(self, i: usize) -> *mut f32 {
+    pub(crate) fn at(self, i: usize) -> *mut T {
         self.0.wrapping_add(i)
     }
 }
@@ -494,12 +508,13 @@ mod tests {
     #[test]
     fn matmul_matches_f64_reference_and_is_batch_invariant() {
         let mut seed = 7;
+        let pool = WorkerPool::new(3).unwrap();
         for dtype in [DType::F32, DType::BF16, DType::F16] {
             for (rows, cols, n) in [(37, 53, 3), (64, 128, 5), (5, 7, 1), (130, 96, 2)] {
                 let (w, exact) = matrix(rows, cols, dtype, &mut seed);
                 let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
                 let mut out = vec![0.0; n * rows];
-                matmul(&w, &x, &mut out);
+                matmul(&pool, &w, &x, &mut out);
                 for t in 0..n {
                     for r in 0..rows {
                         let want: f64 = (0..cols)
@@ -513,7 +528,7 @@ mod tests {
                     }
                     // One activation row alone gives bit-identical results.
                     let mut single = vec![0.0; rows];
-                    matmul(&w, &x[t * cols..(t + 1) * cols], &mut single);
+                    matmul(&pool, &w, &x[t * cols..(t + 1) * cols], &mut single);
                     assert_eq!(single, out[t * rows..(t + 1) * rows]);
                 }
             }

@@ -1,5 +1,5 @@
-//! Q4_0 and Q8_0 weights repacked into groups of eight interleaved rows, and the integer
-//! kernels over them.
+//! Q4_0, Q4_1 and Q8_0 weights repacked into groups of eight interleaved rows, and the
+//! integer kernels over them.
 //!
 //! In the file layout each row's blocks lie one after another, so an 8-bit dot product
 //! leaves a row's products spread over the lanes of a register and every block ends in
@@ -8,19 +8,21 @@
 //! and eight rows finish a block in a handful of instructions. This is the layout of
 //! llama.cpp's repacked x86 path (`q4_0_8x8`), and the arithmetic is the same as
 //! there: per row and block an exact integer sum `s`, then `acc = fma(s, d_w * d_a, acc)`
-//! in f32, blocks in order.
+//! in f32, blocks in order. Q4_1's minimums add `m_w * s_a` per block to a second sum
+//! (`s_a` the activation block's f16 `d_a * sum(y)`, as ggml's Q8_1), added at the end
+//! as llama.cpp's `vec_dot_q4_1_q8_1` does.
 //!
 //! Layout, per group of eight rows and per 32-value block: the eight f16 scales (16
-//! bytes), then chunks of 32 bytes where chunk `j` holds bytes `4j..4j+4` of each row's
-//! quants, row `r` at offset `4r`. Q4_0 has 16 quant bytes per block (4 chunks; byte `i`
-//! holds values `i` and `i + 16` in its low and high nibble), Q8_0 has 32 (8 chunks).
+//! bytes; for Q4_1 then the eight f16 minimums), then chunks of 32 bytes where chunk `j`
+//! holds bytes `4j..4j+4` of each row's quants, row `r` at offset `4r`. Q4_0 and Q4_1
+//! have 16 quant bytes per block (4 chunks; byte `i` holds values `i` and `i + 16` in its
+//! low and high nibble), Q8_0 has 32 (8 chunks).
 //! Rows past the last are zero (they compute zeros that are never written out).
 
-use half::f16;
-use rayon::prelude::*;
-
+use super::pool::WorkerPool;
 use super::qdot::{Q8Block, QK};
 use crate::tensor::DType;
+use half::f16;
 
 /// Rows per interleaved group.
 pub const GROUP: usize = 8;
@@ -29,19 +31,34 @@ pub const MAX_TOKENS: usize = 4;
 
 /// True for the weight types stored interleaved for the integer kernels.
 pub fn supports(dtype: DType) -> bool {
+    matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0)
+}
+
+/// True for the weight types the forward pass multiplies in this layout. Q4_1 stays in
+/// its file layout with llama.cpp's `vec_dot` lane arithmetic ([`super::qdot`]): llama.cpp
+/// does not repack it, and SmolLM2's greedy outputs are sensitive enough that the
+/// per-block sums move them off llama.cpp's (measured: the parity fixtures fail).
+pub fn used_for(dtype: DType) -> bool {
     matches!(dtype, DType::Q4_0 | DType::Q8_0)
 }
 
 /// Quant bytes per block of one row.
-fn quant_bytes(dtype: DType) -> usize {
-    if dtype == DType::Q4_0 {
-        QK / 2
-    } else {
-        QK
+const fn quant_bytes(dtype: DType) -> usize {
+    match dtype {
+        DType::Q8_0 => QK,
+        _ => QK / 2,
     }
 }
 
-/// A Q4_0 or Q8_0 matrix `[rows, cols]` in the interleaved layout.
+/// Bytes of f16 parameters per block of one row (scale, and Q4_1's minimum).
+const fn param_bytes(dtype: DType) -> usize {
+    match dtype {
+        DType::Q4_1 => 4,
+        _ => 2,
+    }
+}
+
+/// A Q4_0, Q4_1 or Q8_0 matrix `[rows, cols]` in the interleaved layout.
 #[derive(Debug)]
 pub struct PackedMatrix {
     dtype: DType,
@@ -52,14 +69,20 @@ pub struct PackedMatrix {
 }
 
 impl PackedMatrix {
-    /// Bytes of one group's block: eight scales and eight rows of quants.
-    fn block_bytes(dtype: DType) -> usize {
-        GROUP * 2 + GROUP * quant_bytes(dtype)
+    /// Bytes of one group's block: eight rows' parameters, then their quants.
+    const fn block_bytes(dtype: DType) -> usize {
+        GROUP * (param_bytes(dtype) + quant_bytes(dtype))
     }
 
-    /// Repacks `rows` rows of `cols` values stored in ggml's layout (`src`, row-major).
-    /// `None` for other types or a size mismatch.
-    pub fn pack(dtype: DType, src: &[u8], rows: usize, cols: usize) -> Option<PackedMatrix> {
+    /// Repacks `rows` rows of `cols` values stored in ggml's layout (`src`, row-major),
+    /// on `pool`'s threads. `None` for other types or a size mismatch.
+    pub fn pack(
+        dtype: DType,
+        src: &[u8],
+        rows: usize,
+        cols: usize,
+        pool: &WorkerPool,
+    ) -> Option<PackedMatrix> {
         if !supports(dtype)
             || !cols.is_multiple_of(QK)
             || dtype.row_bytes(cols)? * rows != src.len()
@@ -67,25 +90,31 @@ impl PackedMatrix {
             return None;
         }
         let nb = cols / QK;
-        let (qb, bb) = (quant_bytes(dtype), dtype.block_bytes());
+        let (qb, pb, bb) = (quant_bytes(dtype), param_bytes(dtype), dtype.block_bytes());
         let gb = Self::block_bytes(dtype);
         let row_bytes = nb * bb;
-        let mut data = vec![0u8; rows.div_ceil(GROUP) * nb * gb];
-        data.par_chunks_mut(nb * gb)
-            .enumerate()
-            .for_each(|(g, dst)| {
-                for r in 0..GROUP.min(rows - g * GROUP) {
-                    let row = &src[(g * GROUP + r) * row_bytes..][..row_bytes];
-                    for (b, blk) in row.chunks_exact(bb).enumerate() {
-                        let out = &mut dst[b * gb..(b + 1) * gb];
-                        out[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
-                        for (j, four) in blk[2..2 + qb].chunks_exact(4).enumerate() {
-                            let at = 2 * GROUP + j * 4 * GROUP + 4 * r;
-                            out[at..at + 4].copy_from_slice(four);
-                        }
+        let groups = rows.div_ceil(GROUP);
+        let mut data = vec![0u8; groups * nb * gb];
+        let dst_all = super::SharedOut(data.as_mut_ptr());
+        pool.run(groups, &|g| {
+            // SAFETY: group `g` owns bytes `g*nb*gb..(g+1)*nb*gb` of `data`, which lives
+            // until `run` returns; no other task touches them.
+            let dst = unsafe { std::slice::from_raw_parts_mut(dst_all.at(g * nb * gb), nb * gb) };
+            for r in 0..GROUP.min(rows - g * GROUP) {
+                let row = &src[(g * GROUP + r) * row_bytes..][..row_bytes];
+                for (b, blk) in row.chunks_exact(bb).enumerate() {
+                    let out = &mut dst[b * gb..(b + 1) * gb];
+                    out[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
+                    if pb == 4 {
+                        out[2 * GROUP + 2 * r..2 * GROUP + 2 * r + 2].copy_from_slice(&blk[2..4]);
+                    }
+                    for (j, four) in blk[pb..pb + qb].chunks_exact(4).enumerate() {
+                        let at = pb * GROUP + j * 4 * GROUP + 4 * r;
+                        out[at..at + 4].copy_from_slice(four);
                     }
                 }
-            });
+            }
+        });
         Some(PackedMatrix {
             dtype,
             rows,
@@ -141,8 +170,10 @@ impl PackedMatrix {
             }
             match (simd, self.dtype) {
                 (Simd::Vnni, DType::Q4_0) => go!(group_vnni, FMT_Q4_0),
+                (Simd::Vnni, DType::Q4_1) => go!(group_vnni, FMT_Q4_1),
                 (Simd::Vnni, _) => go!(group_vnni, FMT_Q8_0),
                 (Simd::Avx2, DType::Q4_0) => go!(group_avx2, FMT_Q4_0),
+                (Simd::Avx2, DType::Q4_1) => go!(group_avx2, FMT_Q4_1),
                 (Simd::Avx2, _) => go!(group_avx2, FMT_Q8_0),
             }
             return;
@@ -153,59 +184,87 @@ impl PackedMatrix {
     /// The portable kernel: the same sums as [`dot_reference`], read from the packed
     /// layout.
     fn dot_group_portable(&self, blocks: &[u8], acts: &[&[Q8Block]], out: &mut [f32]) {
-        let gb = Self::block_bytes(self.dtype);
-        let qb = quant_bytes(self.dtype);
+        let dtype = self.dtype;
+        let (gb, qb, pb) = (
+            Self::block_bytes(dtype),
+            quant_bytes(dtype),
+            param_bytes(dtype),
+        );
+        let f16_at = |b: &[u8], at: usize| f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]]));
         for (t, a) in acts.iter().enumerate() {
             for r in 0..GROUP {
-                let mut acc = 0.0f32;
+                let (mut acc, mut summs) = (0.0f32, 0.0f32);
                 for (b, blk) in blocks.chunks_exact(gb).enumerate() {
-                    let dw = f16::from_bits(u16::from_le_bytes([blk[2 * r], blk[2 * r + 1]]));
-                    let q = |i: usize| blk[2 * GROUP + (i / 4) * 4 * GROUP + 4 * r + i % 4];
+                    let q = |i: usize| blk[pb * GROUP + (i / 4) * 4 * GROUP + 4 * r + i % 4];
                     let y = &a[b].qs;
-                    let sum: i32 = if self.dtype == DType::Q4_0 {
-                        (0..qb)
-                            .map(|i| {
-                                ((q(i) & 0x0f) as i32 - 8) * y[i] as i32
-                                    + ((q(i) >> 4) as i32 - 8) * y[i + 16] as i32
-                            })
-                            .sum()
-                    } else {
-                        (0..qb).map(|i| q(i) as i8 as i32 * y[i] as i32).sum()
+                    let sum: i32 = match dtype {
+                        DType::Q8_0 => (0..qb).map(|i| q(i) as i8 as i32 * y[i] as i32).sum(),
+                        _ => {
+                            let off = if dtype == DType::Q4_0 { 8 } else { 0 };
+                            (0..qb)
+                                .map(|i| {
+                                    ((q(i) & 0x0f) as i32 - off) * y[i] as i32
+                                        + ((q(i) >> 4) as i32 - off) * y[i + 16] as i32
+                                })
+                                .sum()
+                        }
                     };
-                    acc = (sum as f32).mul_add(dw.to_f32() * a[b].d, acc);
+                    acc = (sum as f32).mul_add(f16_at(blk, 2 * r).to_f32() * a[b].d, acc);
+                    if dtype == DType::Q4_1 {
+                        summs += f16_at(blk, 2 * GROUP + 2 * r).to_f32() * a[b].s;
+                    }
                 }
-                out[t * GROUP + r] = acc;
+                out[t * GROUP + r] = acc + summs;
             }
         }
     }
 }
 
 /// The defining arithmetic on one row in ggml's layout: per block the exact integer
-/// dot product of weights and 8-bit activations, then `acc = fma(sum, d_w * d_a, acc)`.
+/// dot product of the weight quants and 8-bit activations, `acc = fma(sum, d_w * d_a,
+/// acc)`; for Q4_1 also `summs += m_w * s_a`; the result is `acc + summs`.
 pub fn dot_reference(dtype: DType, row: &[u8], acts: &[Q8Block]) -> f32 {
     assert!(supports(dtype));
-    let mut acc = 0.0f32;
+    let f16_at = |b: &[u8], at: usize| f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]]));
+    let pb = param_bytes(dtype);
+    let (mut acc, mut summs) = (0.0f32, 0.0f32);
     for (blk, a) in row.chunks_exact(dtype.block_bytes()).zip(acts) {
-        let dw = f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
         let w = |i: usize| -> i32 {
+            if dtype == DType::Q8_0 {
+                return blk[2 + i] as i8 as i32;
+            }
+            let byte = blk[pb + i % 16];
+            let u = (if i < 16 { byte & 0x0f } else { byte >> 4 }) as i32;
             if dtype == DType::Q4_0 {
-                let byte = blk[2 + i % 16];
-                (if i < 16 { byte & 0x0f } else { byte >> 4 }) as i32 - 8
+                u - 8
             } else {
-                blk[2 + i] as i8 as i32
+                u
             }
         };
         let sum: i32 = (0..QK).map(|i| w(i) * a.qs[i] as i32).sum();
-        acc = (sum as f32).mul_add(dw * a.d, acc);
+        acc = (sum as f32).mul_add(f16_at(blk, 0).to_f32() * a.d, acc);
+        if dtype == DType::Q4_1 {
+            summs += f16_at(blk, 2).to_f32() * a.s;
+        }
     }
-    acc
+    acc + summs
 }
 
 /// Blocks ahead of use that the kernels ask the memory system for.
 const PREFETCH: usize = 4;
 
+/// Weight formats as const-generic tags of the SIMD kernels.
 const FMT_Q4_0: u8 = 0;
-const FMT_Q8_0: u8 = 1;
+const FMT_Q4_1: u8 = 1;
+const FMT_Q8_0: u8 = 2;
+
+const fn fmt_dtype(f: u8) -> DType {
+    match f {
+        FMT_Q4_0 => DType::Q4_0,
+        FMT_Q4_1 => DType::Q4_1,
+        _ => DType::Q8_0,
+    }
+}
 
 /// The SIMD kernels (none outside x86-64 yet: the portable kernel runs there).
 #[cfg(not(target_arch = "x86_64"))]
@@ -214,6 +273,7 @@ enum Simd {}
 
 #[cfg(not(target_arch = "x86_64"))]
 impl Simd {
+    #[cfg(test)]
     fn available() -> Vec<Simd> {
         Vec::new()
     }
@@ -263,10 +323,38 @@ unsafe fn act4(a: &Q8Block, j: usize) -> std::arch::x86_64::__m256i {
     _mm256_set1_epi32((a.qs.as_ptr().add(4 * j) as *const i32).read_unaligned())
 }
 
-/// AVX2 kernel for one group and `T` tokens. Integer sums: Q4_0 as `sum(u * y) -
-/// 8 * sum(y)` with the unsigned nibbles `u` (the `vpmaddubsw` pair sums, at most
-/// 2 * 15 * 127 each, add up in 16 bits without overflow over the 8 chunk halves);
-/// Q8_0 with the sign trick (`|w| * sign(y, w)`) and 32-bit sums per chunk.
+/// The float part shared by the kernels: `acc = fma(isum, d_w * d_a, acc)` per row, and
+/// for Q4_1 `summs += m_w * s_a`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn accumulate<const F: u8, const T: usize>(
+    p: *const u8,
+    a: &[&Q8Block; T],
+    isum: &[std::arch::x86_64::__m256i; T],
+    acc: &mut [std::arch::x86_64::__m256; T],
+    summs: &mut [std::arch::x86_64::__m256; T],
+) {
+    use std::arch::x86_64::*;
+    // SAFETY (caller): `p` starts a group block, whose first 16 bytes are the scales
+    // and, for Q4_1, the next 16 the minimums.
+    let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+    for t in 0..T {
+        let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a[t].d));
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), scale, acc[t]);
+    }
+    if F == FMT_Q4_1 {
+        let mw = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i));
+        for t in 0..T {
+            summs[t] = _mm256_add_ps(summs[t], _mm256_mul_ps(mw, _mm256_set1_ps(a[t].s)));
+        }
+    }
+}
+
+/// AVX2 kernel for one group and `T` tokens. Integer sums: the 4-bit formats as
+/// `sum(u * y)` over the unsigned nibbles `u` (the `vpmaddubsw` pair sums, at most
+/// 2 * 15 * 127 each, add up in 16 bits without overflow over the 8 chunk halves),
+/// minus `8 * sum(y)` for Q4_0; Q8_0 with the sign trick (`|w| * sign(y, w)`) and
+/// 32-bit sums per chunk.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn group_avx2<const F: u8, const T: usize>(
@@ -276,25 +364,32 @@ unsafe fn group_avx2<const F: u8, const T: usize>(
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let dtype = if F == FMT_Q4_0 {
-        DType::Q4_0
-    } else {
-        DType::Q8_0
-    };
-    let gb = PackedMatrix::block_bytes(dtype);
+    let dtype = fmt_dtype(F);
+    let (gb, q0) = (PackedMatrix::block_bytes(dtype), GROUP * param_bytes(dtype));
     let low = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); T];
+    let mut summs = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let p = blocks.as_ptr().add(b * gb);
         // Hint the stream a few blocks ahead (a hint: no fault even past the end).
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH * gb) as *const i8);
         let a: [&Q8Block; T] = std::array::from_fn(|t| acts[t].get_unchecked(b));
         let mut isum = [_mm256_setzero_si256(); T];
-        if F == FMT_Q4_0 {
+        if F == FMT_Q8_0 {
+            for j in 0..8 {
+                let w = _mm256_loadu_si256(p.add(q0 + 32 * j) as *const __m256i);
+                let aw = _mm256_sign_epi8(w, w);
+                for t in 0..T {
+                    let sy = _mm256_sign_epi8(act4(a[t], j), w);
+                    let pair = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sy), ones);
+                    isum[t] = _mm256_add_epi32(isum[t], pair);
+                }
+            }
+        } else {
             let mut s16 = [_mm256_setzero_si256(); T];
             for j in 0..4 {
-                let q = _mm256_loadu_si256(p.add(16 + 32 * j) as *const __m256i);
+                let q = _mm256_loadu_si256(p.add(q0 + 32 * j) as *const __m256i);
                 let lo = _mm256_and_si256(q, low);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
                 for t in 0..T {
@@ -303,34 +398,28 @@ unsafe fn group_avx2<const F: u8, const T: usize>(
                 }
             }
             for t in 0..T {
-                let ysum = _mm256_set1_epi32(8 * a[t].sum);
-                isum[t] = _mm256_sub_epi32(_mm256_madd_epi16(s16[t], ones), ysum);
-            }
-        } else {
-            for j in 0..8 {
-                let w = _mm256_loadu_si256(p.add(16 + 32 * j) as *const __m256i);
-                let aw = _mm256_sign_epi8(w, w);
-                for t in 0..T {
-                    let sy = _mm256_sign_epi8(act4(a[t], j), w);
-                    let pair = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sy), ones);
-                    isum[t] = _mm256_add_epi32(isum[t], pair);
+                isum[t] = _mm256_madd_epi16(s16[t], ones);
+                if F == FMT_Q4_0 {
+                    isum[t] = _mm256_sub_epi32(isum[t], _mm256_set1_epi32(8 * a[t].sum));
                 }
             }
         }
-        let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-        for t in 0..T {
-            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a[t].d));
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), scale, acc[t]);
-        }
+        accumulate::<F, T>(p, &a, &isum, &mut acc, &mut summs);
     }
-    for (t, v) in acc.into_iter().enumerate() {
+    for t in 0..T {
+        let v = if F == FMT_Q4_1 {
+            _mm256_add_ps(acc[t], summs[t])
+        } else {
+            acc[t]
+        };
         _mm256_storeu_ps(out.as_mut_ptr().add(t * GROUP), v);
     }
 }
 
 /// AVX-512 VNNI kernel (256-bit `vpdpbusd`): the integer sums in one instruction per
-/// chunk, starting from the offset correction: Q4_0 `sum(u * y) - 8 * sum(y)`, Q8_0
-/// `sum((w + 128) * y) - 128 * sum(y)` (`w + 128` is `w ^ 0x80` as an unsigned byte).
+/// chunk, starting from the offset correction: Q4_0 `sum(u * y) - 8 * sum(y)`, Q4_1
+/// `sum(u * y)`, Q8_0 `sum((w + 128) * y) - 128 * sum(y)` (`w + 128` is `w ^ 0x80` as
+/// an unsigned byte).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
 unsafe fn group_vnni<const F: u8, const T: usize>(
@@ -340,25 +429,34 @@ unsafe fn group_vnni<const F: u8, const T: usize>(
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let dtype = if F == FMT_Q4_0 {
-        DType::Q4_0
-    } else {
-        DType::Q8_0
-    };
-    let gb = PackedMatrix::block_bytes(dtype);
+    let dtype = fmt_dtype(F);
+    let (gb, q0) = (PackedMatrix::block_bytes(dtype), GROUP * param_bytes(dtype));
     let low = _mm256_set1_epi8(0x0f);
     let flip = _mm256_set1_epi8(-128);
+    let offset = match F {
+        FMT_Q4_0 => 8,
+        FMT_Q4_1 => 0,
+        _ => 128,
+    };
     let mut acc = [_mm256_setzero_ps(); T];
+    let mut summs = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let p = blocks.as_ptr().add(b * gb);
         // Hint the stream a few blocks ahead (a hint: no fault even past the end).
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH * gb) as *const i8);
         let a: [&Q8Block; T] = std::array::from_fn(|t| acts[t].get_unchecked(b));
-        let offset = if F == FMT_Q4_0 { 8 } else { 128 };
         let mut isum: [__m256i; T] = std::array::from_fn(|t| _mm256_set1_epi32(-offset * a[t].sum));
-        if F == FMT_Q4_0 {
+        if F == FMT_Q8_0 {
+            for j in 0..8 {
+                let w = _mm256_loadu_si256(p.add(q0 + 32 * j) as *const __m256i);
+                let u = _mm256_xor_si256(w, flip);
+                for t in 0..T {
+                    isum[t] = _mm256_dpbusd_epi32(isum[t], u, act4(a[t], j));
+                }
+            }
+        } else {
             for j in 0..4 {
-                let q = _mm256_loadu_si256(p.add(16 + 32 * j) as *const __m256i);
+                let q = _mm256_loadu_si256(p.add(q0 + 32 * j) as *const __m256i);
                 let lo = _mm256_and_si256(q, low);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
                 for t in 0..T {
@@ -366,22 +464,15 @@ unsafe fn group_vnni<const F: u8, const T: usize>(
                     isum[t] = _mm256_dpbusd_epi32(isum[t], hi, act4(a[t], j + 4));
                 }
             }
-        } else {
-            for j in 0..8 {
-                let w = _mm256_loadu_si256(p.add(16 + 32 * j) as *const __m256i);
-                let u = _mm256_xor_si256(w, flip);
-                for t in 0..T {
-                    isum[t] = _mm256_dpbusd_epi32(isum[t], u, act4(a[t], j));
-                }
-            }
         }
-        let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-        for t in 0..T {
-            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a[t].d));
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), scale, acc[t]);
-        }
+        accumulate::<F, T>(p, &a, &isum, &mut acc, &mut summs);
     }
-    for (t, v) in acc.into_iter().enumerate() {
+    for t in 0..T {
+        let v = if F == FMT_Q4_1 {
+            _mm256_add_ps(acc[t], summs[t])
+        } else {
+            acc[t]
+        };
         _mm256_storeu_ps(out.as_mut_ptr().add(t * GROUP), v);
     }
 }
@@ -408,11 +499,12 @@ mod tests {
     /// the exact dot of dequantized weights and activations up to f32 rounding.
     #[test]
     fn packed_kernels_match_the_reference_bit_for_bit() {
-        for dtype in [DType::Q4_0, DType::Q8_0] {
+        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
             let (rows, cols) = (21, 32 * 19);
             let mut src = Vec::new();
             quant::quantize(dtype, &values(rows * cols, 5), &mut src).unwrap();
-            let packed = PackedMatrix::pack(dtype, &src, rows, cols).unwrap();
+            let pool = WorkerPool::new(2).unwrap();
+            let packed = PackedMatrix::pack(dtype, &src, rows, cols, &pool).unwrap();
             assert_eq!(packed.groups(), 3);
             let row_bytes = dtype.row_bytes(cols).unwrap();
             let acts: Vec<Vec<Q8Block>> = (0..MAX_TOKENS as u64)
@@ -452,13 +544,25 @@ mod tests {
             // The reference against f64 arithmetic on the dequantized values.
             let mut w = vec![0.0f32; cols];
             quant::dequantize(dtype, &src[..row_bytes], &mut w);
+            // Q4_1's minimum meets the activation sum as the f16 `s` (ggml's Q8_1).
+            let min = |blk: usize| -> f64 {
+                if dtype != DType::Q4_1 {
+                    return 0.0;
+                }
+                let at = blk * dtype.block_bytes() + 2;
+                f16::from_bits(u16::from_le_bytes([src[at], src[at + 1]])).to_f64()
+            };
             let exact: f64 = w
                 .iter()
                 .enumerate()
                 .map(|(i, v)| {
-                    *v as f64 * acts[0][i / QK].qs[i % QK] as f64 * acts[0][i / QK].d as f64
+                    let a = &acts[0][i / QK];
+                    (*v as f64 - min(i / QK)) * a.qs[i % QK] as f64 * a.d as f64
                 })
-                .sum();
+                .sum::<f64>()
+                + (0..cols / QK)
+                    .map(|b| min(b) * acts[0][b].s as f64)
+                    .sum::<f64>();
             let got = dot_reference(dtype, &src[..row_bytes], &acts[0]) as f64;
             assert!(
                 (got - exact).abs() < 1e-4 * exact.abs().max(1.0),
@@ -469,9 +573,11 @@ mod tests {
 
     #[test]
     fn pack_rejects_mismatched_sizes() {
-        assert!(PackedMatrix::pack(DType::Q4_0, &[0; 18], 1, 32).is_some());
-        assert!(PackedMatrix::pack(DType::Q4_0, &[0; 17], 1, 32).is_none());
-        assert!(PackedMatrix::pack(DType::Q4_1, &[0; 20], 1, 32).is_none());
-        assert!(PackedMatrix::pack(DType::Q8_0, &[0; 34], 1, 33).is_none());
+        let pool = WorkerPool::new(1).unwrap();
+        assert!(PackedMatrix::pack(DType::Q4_0, &[0; 18], 1, 32, &pool).is_some());
+        assert!(PackedMatrix::pack(DType::Q4_0, &[0; 17], 1, 32, &pool).is_none());
+        assert!(PackedMatrix::pack(DType::Q4_1, &[0; 20], 1, 32, &pool).is_some());
+        assert!(PackedMatrix::pack(DType::Q4_K, &[0; 144], 1, 256, &pool).is_none());
+        assert!(PackedMatrix::pack(DType::Q8_0, &[0; 34], 1, 33, &pool).is_none());
     }
 }
