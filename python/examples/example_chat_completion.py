@@ -103,7 +103,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--max_seq_len", type=int, default=512)
     p.add_argument("--max_batch_size", type=int, default=8)
     p.add_argument("--max_gen_len", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="worker threads (default: the physical cores)")
     return p.parse_args()
 
 

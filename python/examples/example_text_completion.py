@@ -74,7 +74,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--max_seq_len", type=int, default=128)
     p.add_argument("--max_gen_len", type=int, default=64)
     p.add_argument("--max_batch_size", type=int, default=4)
-    p.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="worker threads (default: the physical cores)")
     return p.parse_args()
 
 

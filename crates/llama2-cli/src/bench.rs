@@ -33,7 +33,7 @@ pub struct BenchArgs {
         default_value = "128"
     )]
     generate: Vec<usize>,
-    /// Thread counts (comma-separated; default: all cores).
+    /// Thread counts (comma-separated; default: the physical cores).
     #[arg(short = 't', long, value_delimiter = ',')]
     threads: Vec<usize>,
     /// Repetitions of each test (after one warm-up run).
@@ -76,7 +76,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         None => llama2::default_model::path_or_fetch()?,
     };
     let threads = if a.threads.is_empty() {
-        vec![std::thread::available_parallelism().map_or(1, |n| n.get())]
+        vec![llama2::kernels::default_threads()]
     } else {
         a.threads.clone()
     };

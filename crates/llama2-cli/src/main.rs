@@ -98,7 +98,7 @@ struct ModelArgs {
     /// Most prompts per batch (default: as many as given).
     #[arg(long)]
     max_batch_size: Option<usize>,
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: the physical cores).
     #[arg(long)]
     threads: Option<usize>,
 }

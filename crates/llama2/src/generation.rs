@@ -330,7 +330,7 @@ impl Llama {
         let threads = match threads {
             Some(0) => return Err(Error::InvalidArgument("threads must be at least 1".into())),
             Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            None => crate::kernels::default_threads(),
         };
         let pool = WorkerPool::new(threads)
             .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} threads: {e}")))?;

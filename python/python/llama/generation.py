@@ -113,7 +113,7 @@ class Llama:
             model_parallel_size: accepted for compatibility and checked against the
                 number of checkpoint shards (1 for non-Meta formats); not needed to run.
             seed: seed of the sampler (the reference seeds with 1).
-            threads: worker threads (default: all cores).
+            threads: worker threads (default: the physical cores).
             model_path: any model path (instead of ``ckpt_dir``).
             template: chat format: ``"auto"`` (the model's own Jinja template if it has
                 one, else Llama 2's), ``"llama2"``, ``"chatml"``, or Jinja source.

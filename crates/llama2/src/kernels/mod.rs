@@ -16,7 +16,7 @@ pub mod qdot;
 pub mod quant;
 
 pub use dot::{dot, dot_scalar, Isa};
-pub use pool::WorkerPool;
+pub use pool::{default_threads, WorkerPool};
 
 use std::sync::{Arc, OnceLock};
 

@@ -20,6 +20,34 @@ use std::thread::JoinHandle;
 /// not to burn a core while the caller samples or waits for input).
 const SPIN_LIMIT: u32 = 1 << 16;
 
+/// The default thread count: the physical cores this process may run on (SMT siblings
+/// share one core's vector units, so a second thread per core only adds contention),
+/// from Linux's CPU topology; elsewhere, or if that cannot be read, the available
+/// parallelism.
+pub fn default_threads() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    physical_cores().map_or(logical, |p| p.clamp(1, logical))
+}
+
+fn physical_cores() -> Option<usize> {
+    let mut cores = std::collections::HashSet::new();
+    for entry in std::fs::read_dir("/sys/devices/system/cpu").ok()? {
+        let path = entry.ok()?.path();
+        let name = path.file_name()?.to_str()?.to_owned();
+        if name
+            .strip_prefix("cpu")
+            .is_none_or(|n| n.parse::<u32>().is_err())
+        {
+            continue;
+        }
+        let read = |f: &str| std::fs::read_to_string(path.join("topology").join(f)).ok();
+        if let (Some(pkg), Some(core)) = (read("physical_package_id"), read("core_id")) {
+            cores.insert((pkg.trim().to_owned(), core.trim().to_owned()));
+        }
+    }
+    (!cores.is_empty()).then_some(cores.len())
+}
+
 /// One published operation: `f(i)` for every task `i < n_tasks`.
 struct Job<'a> {
     n_tasks: usize,
@@ -255,6 +283,12 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn default_threads_is_at_least_one_and_at_most_the_logical_cpus() {
+        let n = default_threads();
+        assert!(n >= 1 && n <= std::thread::available_parallelism().unwrap().get());
     }
 
     #[test]
