@@ -117,6 +117,33 @@ impl Storage {
             Storage::Owned(v) => v,
         }
     }
+
+    /// Drops this process's resident pages of a mapped tensor (the whole pages inside
+    /// its range), for bytes that were copied into another layout and are not read in
+    /// place any more: weights are then not resident twice. The bytes stay readable;
+    /// touching them again reads them back from the file. A no-op for owned bytes and
+    /// on platforms without `madvise`.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        if let Storage::Mapped { map, offset, len } = self {
+            const PAGE: usize = 4096;
+            let start = offset.next_multiple_of(PAGE);
+            let end = (offset + len) / PAGE * PAGE;
+            if end > start {
+                // SAFETY: the mapping is a read-only, private mapping of a file that is
+                // never written through it, so MADV_DONTNEED only drops clean pages: a
+                // later read faults the same file bytes back in. No reference into the
+                // range is invalidated.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+    }
 }
 
 /// A dense, row-major (C-contiguous) tensor of stored weights.

@@ -31,9 +31,9 @@ pub struct Matrix {
     pub cols: usize,
     /// The stored weights.
     pub tensor: Tensor,
-    /// The weights interleaved for the integer kernels ([`packed`]), made at the first
-    /// [`Precision::Fast`] product; `None` inside for types without that layout.
-    packed: Arc<OnceLock<Option<packed::PackedMatrix>>>,
+    /// The weights rearranged for the integer kernels, made at the first
+    /// [`Precision::Fast`] product.
+    repacked: Arc<OnceLock<Repacked>>,
 }
 
 impl Matrix {
@@ -45,7 +45,7 @@ impl Matrix {
                 rows,
                 cols,
                 tensor,
-                packed: Arc::default(),
+                repacked: Arc::default(),
             }),
             _ => None,
         }
@@ -61,23 +61,43 @@ impl Matrix {
         &self.tensor.bytes()[r0 * w..r1 * w]
     }
 
-    /// The interleaved copy of the weights for the integer kernels, made on first use.
-    fn packed(&self, pool: &WorkerPool) -> Option<&packed::PackedMatrix> {
-        self.packed
-            .get_or_init(|| {
-                let (dtype, bytes) = (self.dtype(), self.tensor.bytes());
-                if !packed::used_for(dtype) {
-                    return None;
+    /// The copy of the weights for the integer kernels, made on first use.
+    fn repacked(&self, pool: &WorkerPool) -> &Repacked {
+        self.repacked.get_or_init(|| {
+            let (dtype, bytes) = (self.dtype(), self.tensor.bytes());
+            let packed = packed::used_for(dtype)
+                .then(|| packed::PackedMatrix::pack(dtype, bytes, self.rows, self.cols, pool))
+                .flatten();
+            let repacked = match packed {
+                Some(p) => Repacked::Interleaved(p),
+                None if dtype == DType::Q4_1 => {
+                    qdot::SplitQ4_1::pack(bytes, self.rows, self.cols, pool)
+                        .map_or(Repacked::None, Repacked::SplitQ4_1)
                 }
-                packed::PackedMatrix::pack(dtype, bytes, self.rows, self.cols, pool)
-            })
-            .as_ref()
+                None => Repacked::None,
+            };
+            if !matches!(repacked, Repacked::None) {
+                self.tensor.storage.release_pages();
+            }
+            repacked
+        })
     }
 
     /// Row `r` converted to f32 into `out` (`cols` long).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         convert::to_f32(self.dtype(), self.row_bytes(r, r + 1), out);
     }
+}
+
+/// A weight matrix rearranged for the integer kernels.
+#[derive(Debug)]
+enum Repacked {
+    /// Q4_0/Q8_0, eight rows interleaved ([`packed`]).
+    Interleaved(packed::PackedMatrix),
+    /// Q4_1, each row's quants, scales and minimums apart ([`qdot`]).
+    SplitQ4_1(qdot::SplitQ4_1),
+    /// Types the integer kernels do not take.
+    None,
 }
 
 /// Rows handled together by one micro-kernel call (shares each activation load).
@@ -128,11 +148,10 @@ pub fn matmul_with(
     let n = x.len() / cols;
     assert_eq!(out.len(), n * rows, "output size mismatch");
     if precision == Precision::Fast {
-        if let Some(p) = w.packed(pool) {
-            return matmul_packed(pool, p, x, cols, out);
-        }
-        if qdot::supports(w.dtype()) {
-            return matmul_q8(pool, w, x, out);
+        match w.repacked(pool) {
+            Repacked::Interleaved(p) => return matmul_packed(pool, p, x, cols, out),
+            Repacked::SplitQ4_1(sp) => return matmul_q4_1(pool, sp, x, cols, out),
+            Repacked::None => {}
         }
     }
     let isa = Isa::detect();
@@ -162,12 +181,13 @@ pub fn matmul_with(
     });
 }
 
-/// The 8-bit-activation product: each activation row is quantized once, then every
-/// weight row is dotted with it by [`qdot::dot`].
-fn matmul_q8(pool: &WorkerPool, w: &Matrix, x: &[f32], out: &mut [f32]) {
-    let (rows, cols) = (w.rows, w.cols);
+/// The Q4_1 product: each activation row is quantized once, then tiles of weight rows
+/// meet the tokens four at a time.
+fn matmul_q4_1(pool: &WorkerPool, w: &qdot::SplitQ4_1, x: &[f32], cols: usize, out: &mut [f32]) {
+    let rows = w.rows();
     let n = x.len() / cols;
     let acts = quantize_rows(x, cols);
+    let scales: Vec<qdot::ActScales> = acts.iter().map(|a| qdot::ActScales::of(a)).collect();
     let simd = Isa::detect() != Isa::Baseline;
     let per_task = rows_per_task(rows, pool.threads());
     let out_ptr = SharedOut(out.as_mut_ptr());
@@ -175,36 +195,36 @@ fn matmul_q8(pool: &WorkerPool, w: &Matrix, x: &[f32], out: &mut [f32]) {
     const TOKEN_TILE: usize = 64;
     // Weight rows per kernel call: a single token needs several rows in flight to keep
     // the multiply-add chains busy; a token group already has one chain per token.
-    let row_block = if n == 1 { 4 } else { 2 };
+    let row_block = if n == 1 { qdot::MAX_ROWS } else { 2 };
     pool.run(rows.div_ceil(per_task), &|task| {
         let r0 = task * per_task;
         let r1 = (r0 + per_task).min(rows);
         let mut res = [0.0f32; qdot::MAX_ROWS * qdot::MAX_TOKENS];
         for t0 in (0..n).step_by(TOKEN_TILE) {
-            let tile = &acts[t0..(t0 + TOKEN_TILE).min(n)];
+            let t1 = (t0 + TOKEN_TILE).min(n);
             let mut r = r0;
             while r < r1 {
                 let nr = row_block.min(r1 - r);
-                let rws: [&[u8]; qdot::MAX_ROWS] =
-                    std::array::from_fn(|i| w.row_bytes(r + i.min(nr - 1), r + i.min(nr - 1) + 1));
-                for (g, group) in tile.chunks(qdot::MAX_TOKENS).enumerate() {
-                    let nt = group.len();
-                    let refs: [&[qdot::Q8Block]; qdot::MAX_TOKENS] =
-                        std::array::from_fn(|i| group.get(i).map_or(&[][..], Vec::as_slice));
-                    qdot::dot_tile(w.dtype(), &rws[..nr], &refs[..nt], simd, &mut res);
+                let mut g = t0;
+                while g < t1 {
+                    let nt = qdot::MAX_TOKENS.min(t1 - g);
+                    let a: [&[qdot::Q8Block]; qdot::MAX_TOKENS] =
+                        std::array::from_fn(|i| acts[g + i.min(nt - 1)].as_slice());
+                    let sc: [&qdot::ActScales; qdot::MAX_TOKENS] =
+                        std::array::from_fn(|i| &scales[g + i.min(nt - 1)]);
+                    w.dot_tile(r, nr, &a[..nt], &sc[..nt], simd, &mut res);
                     for (i, v) in res[..nr * nt].iter().enumerate() {
-                        let t = t0 + g * qdot::MAX_TOKENS + i % nt;
-                        // SAFETY: `t < n`, `r + i / nt < r1 <= rows`: inside `out`
-                        // (n * rows long); rows are split between tasks, so each
-                        // element has one writer.
-                        unsafe { *out_ptr.at(t * rows + r + i / nt) = *v };
+                        // SAFETY: `g + i % nt < n`, `r + i / nt < r1 <= rows`: inside `out`
+                        // (n * rows long); rows are split between tasks, so each element
+                        // has one writer.
+                        unsafe { *out_ptr.at((g + i % nt) * rows + r + i / nt) = *v };
                     }
+                    g += nt;
                 }
                 r += nr;
             }
         }
     });
-    debug_assert_eq!(acts.len(), n);
 }
 
 /// Each activation row quantized to 8-bit blocks.

@@ -1,13 +1,22 @@
-//! Dot products of quantized weight rows with activations quantized to 8-bit blocks,
-//! computed as llama.cpp's CPU backend does: activations are quantized per 32-value
-//! block exactly like its x86 `quantize_row_q8_0`/`q8_1` (scale `amax/127`, values
-//! rounded half-to-even), products are summed as integers in eight lanes of four
-//! values, and lanes are scaled and accumulated with fused multiply-adds before one
-//! horizontal sum. Mirroring that arithmetic keeps greedy outputs aligned with
-//! llama.cpp's on the same GGUF files.
+//! Activations quantized to 8-bit blocks, and the Q4_1 matrix kernels over them,
+//! computed as llama.cpp's CPU backend does.
+//!
+//! Activations are quantized per 32-value block exactly like its x86
+//! `quantize_row_q8_0`/`q8_1` (scale `amax/127`, values rounded half-to-even). Q4_1
+//! products follow its `vec_dot_q4_1_q8_1`: integer products summed in eight lanes of
+//! four values, lanes scaled and accumulated with fused multiply-adds, one horizontal
+//! sum, plus the minimums times the activation sums. Mirroring that arithmetic keeps
+//! greedy outputs on llama.cpp's for the same GGUF files (the default model is Q4_1).
+//! Q4_0 and Q8_0 go through [`super::packed`] instead.
+//!
+//! For speed each Q4_1 row is stored split ([`SplitQ4_1`]): its quants, then its scales,
+//! then its minimums, so that eight scales convert in one instruction instead of one
+//! at a time; the arithmetic is unchanged.
 
 use half::f16;
 
+use super::pool::WorkerPool;
+use super::SharedOut;
 use crate::tensor::DType;
 
 /// Values per 8-bit activation block.
@@ -18,17 +27,12 @@ pub const QK: usize = 32;
 pub struct Q8Block {
     /// Scale, as the f16 ggml stores, widened.
     pub d: f32,
-    /// `d * sum(qs)` as f16 (ggml's Q8_1 `s`), widened; unused for Q8_0 partners.
+    /// `d * sum(qs)` as f16 (ggml's Q8_1 `s`), widened.
     pub s: f32,
     /// Quantized values.
     pub qs: [i8; QK],
     /// `sum(qs)`, exact (for kernels that offset unsigned weights).
     pub sum: i32,
-}
-
-/// True for weight types with an 8-bit-activation dot product here.
-pub fn supports(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
 }
 
 /// Quantizes `x` (a whole number of 32-value blocks) into `out`.
@@ -68,18 +72,6 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
-/// Eight lane sums of four consecutive products each.
-#[inline(always)]
-fn lane_sums(w: &[i8; QK], a: &[i8; QK]) -> [i32; 8] {
-    let mut lanes = [0i32; 8];
-    for (j, lane) in lanes.iter_mut().enumerate() {
-        for k in 4 * j..4 * j + 4 {
-            *lane += w[k] as i32 * a[k] as i32;
-        }
-    }
-    lanes
-}
-
 #[inline(always)]
 fn hsum8(a: [f32; 8]) -> f32 {
     // _mm256 → two halves added, then pairs, then the last two (ggml's hsum_float_8).
@@ -88,137 +80,348 @@ fn hsum8(a: [f32; 8]) -> f32 {
     x + y
 }
 
-#[inline(always)]
-fn dot_generic(dtype: DType, row: &[u8], acts: &[Q8Block]) -> f32 {
+/// The defining arithmetic (llama.cpp's `vec_dot_q4_1_q8_1`) on one Q4_1 row in ggml's
+/// layout (blocks of f16 scale, f16 minimum, 16 bytes of nibbles).
+pub fn dot_q4_1_reference(row: &[u8], acts: &[Q8Block]) -> f32 {
     let mut acc = [0.0f32; 8];
     let mut summs = 0.0f32;
-    let bb = dtype.block_bytes();
-    for (blk, a) in row.chunks_exact(bb).zip(acts) {
-        let mut w = [0i8; QK];
-        let scale = match dtype {
-            DType::Q8_0 => {
-                for (o, &b) in w.iter_mut().zip(&blk[2..34]) {
-                    *o = b as i8;
-                }
-                f16_at(blk, 0) * a.d
-            }
-            DType::Q4_0 => {
-                for i in 0..16 {
-                    w[i] = (blk[2 + i] & 0x0f) as i8 - 8;
-                    w[i + 16] = (blk[2 + i] >> 4) as i8 - 8;
-                }
-                f16_at(blk, 0) * a.d
-            }
-            DType::Q4_1 => {
-                for i in 0..16 {
-                    w[i] = (blk[4 + i] & 0x0f) as i8;
-                    w[i + 16] = (blk[4 + i] >> 4) as i8;
-                }
-                summs += f16_at(blk, 2) * a.s;
-                f16_at(blk, 0) * a.d
-            }
-            _ => 0.0,
-        };
-        let lanes = lane_sums(&w, &a.qs);
-        for (acc_j, l) in acc.iter_mut().zip(lanes) {
-            *acc_j = scale.mul_add(l as f32, *acc_j);
+    for (blk, a) in row.chunks_exact(DType::Q4_1.block_bytes()).zip(acts) {
+        let mut w = [0i32; QK];
+        for i in 0..16 {
+            w[i] = (blk[4 + i] & 0x0f) as i32;
+            w[i + 16] = (blk[4 + i] >> 4) as i32;
+        }
+        summs += f16_at(blk, 2) * a.s;
+        let scale = f16_at(blk, 0) * a.d;
+        for (j, acc_j) in acc.iter_mut().enumerate() {
+            let lane: i32 = (4 * j..4 * j + 4).map(|k| w[k] * a.qs[k] as i32).sum();
+            *acc_j = scale.mul_add(lane as f32, *acc_j);
         }
     }
     hsum8(acc) + summs
 }
 
-/// Most activation rows one [`dot_tile`] call handles.
-pub const MAX_TOKENS: usize = 4;
-/// Most weight rows one [`dot_tile`] call handles.
+/// A Q4_1 matrix with each row stored split: `16 * nb` bytes of nibbles (block by
+/// block, as in the file), then the `nb` f16 scales, then the `nb` f16 minimums. Same
+/// size as the file layout.
+#[derive(Debug)]
+pub struct SplitQ4_1 {
+    rows: usize,
+    /// Blocks per row.
+    nb: usize,
+    data: Vec<u8>,
+}
+
+/// Per-token activation scales, contiguous for vector loads: `d[b]` and `s[b]` of
+/// every block `b` of one activation row.
+#[derive(Clone, Debug, Default)]
+pub struct ActScales {
+    /// The blocks' `d`.
+    pub d: Vec<f32>,
+    /// The blocks' `s`.
+    pub s: Vec<f32>,
+}
+
+impl ActScales {
+    /// The scales of one quantized activation row.
+    pub fn of(blocks: &[Q8Block]) -> ActScales {
+        ActScales {
+            d: blocks.iter().map(|b| b.d).collect(),
+            s: blocks.iter().map(|b| b.s).collect(),
+        }
+    }
+}
+
+/// Most weight rows one [`SplitQ4_1::dot_tile`] call handles.
 pub const MAX_ROWS: usize = 4;
+/// Most activation rows one [`SplitQ4_1::dot_tile`] call handles.
+pub const MAX_TOKENS: usize = 4;
 
-/// Weight formats of the integer kernels, as const-generic tags (so each format gets its
-/// own loop with no per-block branching).
-const Q8_0: u8 = 0;
-const Q4_0: u8 = 1;
-const Q4_1: u8 = 2;
+impl SplitQ4_1 {
+    /// Splits `rows` Q4_1 rows of `cols` values (`src` in ggml's layout), on `pool`'s
+    /// threads. `None` on a size mismatch.
+    pub fn pack(src: &[u8], rows: usize, cols: usize, pool: &WorkerPool) -> Option<SplitQ4_1> {
+        let row_bytes = DType::Q4_1.row_bytes(cols)?;
+        if row_bytes * rows != src.len() {
+            return None;
+        }
+        let nb = cols / QK;
+        let mut data = vec![0u8; src.len()];
+        let dst_all = SharedOut(data.as_mut_ptr());
+        pool.run(rows, &|r| {
+            // SAFETY: task `r` alone writes row `r`'s bytes `r*row_bytes..(r+1)*row_bytes`
+            // of `data`, which lives until `run` returns.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(dst_all.at(r * row_bytes), row_bytes) };
+            let (qs, params) = dst.split_at_mut(16 * nb);
+            let (ds, ms) = params.split_at_mut(2 * nb);
+            for (b, blk) in src[r * row_bytes..(r + 1) * row_bytes]
+                .chunks_exact(20)
+                .enumerate()
+            {
+                ds[2 * b..2 * b + 2].copy_from_slice(&blk[..2]);
+                ms[2 * b..2 * b + 2].copy_from_slice(&blk[2..4]);
+                qs[16 * b..16 * b + 16].copy_from_slice(&blk[4..20]);
+            }
+        });
+        Some(SplitQ4_1 { rows, nb, data })
+    }
 
-/// AVX2 version of [`dot_generic`] for a tile of `R` weight rows by `T` activation rows:
-/// `out[r * T + t] = dot(rows[r], acts[t])`. Each weight block is unpacked once for all
-/// `T` tokens, each activation block loaded once for all `R` rows, and the `R * T`
-/// accumulators are independent chains, which hides the latency of the multiply-adds
-/// (one row alone is a serial chain of them). Per element it is the same arithmetic as
-/// the portable path — llama.cpp's `mul_sum_i8_pairs_float` lane partition (`maddubs`
-/// pairs, then `madd` pairs, so lane `j` holds values `4j..4j+3`), the same fused
-/// multiply-adds in the same order and the same horizontal sum — so results are
-/// bit-identical to it.
+    /// Rows of the matrix.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        let w = 20 * self.nb;
+        &self.data[r * w..(r + 1) * w]
+    }
+
+    /// Dot products of rows `r0..r0 + nr` (`nr <= MAX_ROWS`) with up to [`MAX_TOKENS`]
+    /// activation rows and their scales: `out[i * acts.len() + t]` for row `r0 + i`.
+    /// `use_simd` selects the AVX2 (or AVX-512 VNNI) kernel where the CPU has it; every
+    /// path gives the bits of [`dot_q4_1_reference`].
+    pub fn dot_tile(
+        &self,
+        r0: usize,
+        nr: usize,
+        acts: &[&[Q8Block]],
+        scales: &[&ActScales],
+        use_simd: bool,
+        out: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        let simd = if use_simd { Simd::detect() } else { None };
+        #[cfg(not(target_arch = "x86_64"))]
+        let simd = None;
+        let _ = use_simd;
+        self.dot_tile_with(simd, r0, nr, acts, scales, out)
+    }
+
+    fn dot_tile_with(
+        &self,
+        simd: Option<Simd>,
+        r0: usize,
+        nr: usize,
+        acts: &[&[Q8Block]],
+        scales: &[&ActScales],
+        out: &mut [f32],
+    ) {
+        let nt = acts.len();
+        assert!((1..=MAX_ROWS).contains(&nr) && r0 + nr <= self.rows);
+        assert!((1..=MAX_TOKENS).contains(&nt) && scales.len() == nt && out.len() >= nr * nt);
+        assert!(acts.iter().all(|a| a.len() >= self.nb));
+        assert!(scales
+            .iter()
+            .all(|s| s.d.len() >= self.nb && s.s.len() >= self.nb));
+        let rows: [&[u8]; MAX_ROWS] = std::array::from_fn(|i| self.row(r0 + i.min(nr - 1)));
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = simd {
+            macro_rules! dispatch {
+                ($f:ident; $(($r:literal, $t:literal)),*) => {
+                    match (nr, nt) {
+                        // SAFETY: `simd` is a kernel whose features `Simd::detect` found;
+                        // the rows hold `nb` blocks and the activations and scales at least
+                        // `nb` (asserted above), which is all the kernel reads.
+                        $(($r, $t) => unsafe { $f::<$r, $t>(&rows, self.nb, acts, scales, out) },)*
+                        _ => unreachable!("tile size checked above"),
+                    }
+                };
+            }
+            macro_rules! sizes {
+                ($f:ident) => {
+                    dispatch!($f; (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3), (2, 4),
+                        (3, 1), (3, 2), (3, 3), (3, 4), (4, 1), (4, 2), (4, 3), (4, 4))
+                };
+            }
+            match simd {
+                Simd::Vnni => sizes!(tile_vnni),
+                Simd::Avx2 => sizes!(tile_avx2),
+            }
+            return;
+        }
+        let nb = self.nb;
+        for (i, row) in rows[..nr].iter().enumerate() {
+            for (t, a) in acts.iter().enumerate() {
+                let mut acc = [0.0f32; 8];
+                let mut summs = 0.0f32;
+                for (b, blk) in a[..nb].iter().enumerate() {
+                    let q = &row[16 * b..16 * b + 16];
+                    summs += f16_at(row, 16 * nb + 2 * nb + 2 * b) * blk.s;
+                    let scale = f16_at(row, 16 * nb + 2 * b) * blk.d;
+                    for (j, acc_j) in acc.iter_mut().enumerate() {
+                        let lane: i32 = (4 * j..4 * j + 4)
+                            .map(|k| {
+                                let u = if k < 16 { q[k] & 0x0f } else { q[k - 16] >> 4 };
+                                u as i32 * blk.qs[k] as i32
+                            })
+                            .sum();
+                        *acc_j = scale.mul_add(lane as f32, *acc_j);
+                    }
+                }
+                out[i * nt + t] = hsum8(acc) + summs;
+            }
+        }
+    }
+}
+
+/// The SIMD kernels (none outside x86-64 yet: the portable kernel runs there).
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Simd {}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Simd {
+    #[cfg(test)]
+    fn available() -> Vec<Simd> {
+        Vec::new()
+    }
+}
+
+/// The x86 kernels.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Simd {
+    /// AVX2, FMA and F16C.
+    Avx2,
+    /// AVX2 plus AVX-512 VNNI on 256-bit registers (`vpdpbusd`).
+    Vnni,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Simd {
+    fn detect() -> Option<Simd> {
+        use std::arch::is_x86_feature_detected as has;
+        if !(has!("avx2") && has!("fma") && has!("f16c")) {
+            None
+        } else if has!("avx512vnni") && has!("avx512vl") {
+            Some(Simd::Vnni)
+        } else {
+            Some(Simd::Avx2)
+        }
+    }
+
+    #[cfg(test)]
+    fn available() -> Vec<Simd> {
+        match Simd::detect() {
+            None => Vec::new(),
+            Some(Simd::Avx2) => vec![Simd::Avx2],
+            Some(Simd::Vnni) => vec![Simd::Avx2, Simd::Vnni],
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2<const F: u8, const R: usize, const T: usize>(
-    rows: &[&[u8]],
+unsafe fn tile_avx2<const R: usize, const T: usize>(
+    rows: &[&[u8]; MAX_ROWS],
+    nb: usize,
     acts: &[&[Q8Block]],
+    scales: &[&ActScales],
+    out: &mut [f32],
+) {
+    tile::<false, R, T>(rows, nb, acts, scales, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn tile_vnni<const R: usize, const T: usize>(
+    rows: &[&[u8]; MAX_ROWS],
+    nb: usize,
+    acts: &[&[Q8Block]],
+    scales: &[&ActScales],
+    out: &mut [f32],
+) {
+    tile::<true, R, T>(rows, nb, acts, scales, out)
+}
+
+/// The SIMD tile of `R` split rows by `T` tokens. Per group of up to eight blocks, the
+/// scale products `d_w * d_a` and minimum products `m_w * s_a` of every (row, token)
+/// are formed eight at a time (`vcvtph2ps`, one multiply each: the same f32 products as
+/// the reference) into small buffers; then per block the eight lane sums (`vpdpbusd`,
+/// or `vpmaddubsw` + `vpmaddwd`: the nibbles are unsigned, so no sign trick) are
+/// accumulated with one fused multiply-add and the minimum product added to a scalar
+/// sum, in block order as the reference.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile<const VNNI: bool, const R: usize, const T: usize>(
+    rows: &[&[u8]; MAX_ROWS],
+    nb: usize,
+    acts: &[&[Q8Block]],
+    scales: &[&ActScales],
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let (bb, off) = match F {
-        Q8_0 => (34, 2),
-        Q4_0 => (18, 2),
-        _ => (20, 4),
-    };
-    let rows: [&[u8]; R] = std::array::from_fn(|r| rows[r]);
-    let acts: [&[Q8Block]; T] = std::array::from_fn(|t| acts[t]);
-    let nb = rows[0].len() / bb;
-    for r in rows {
-        assert_eq!(r.len(), nb * bb, "weight rows of one tile differ in length");
-    }
-    for a in acts {
-        assert!(a.len() >= nb, "activation row shorter than the weight row");
-    }
-    let half_to_f32 = |p: *const u8| {
-        // SAFETY (caller): `p` points at two readable bytes.
-        let bits = u16::from_le_bytes([*p, *p.add(1)]) as i32;
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
-    };
     let low = _mm256_set1_epi8(0x0f);
-    let eight = _mm256_set1_epi8(8);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     let mut summs = [[0.0f32; T]; R];
-    for b in 0..nb {
-        let mut ys = [_mm256_setzero_si256(); T];
-        for t in 0..T {
-            // SAFETY: `b < nb <= acts[t].len()`, checked above; `qs` holds 32 bytes.
-            ys[t] = _mm256_loadu_si256(acts[t].get_unchecked(b).qs.as_ptr() as *const __m256i);
-        }
+    let mut sc = [[[0.0f32; 8]; T]; R];
+    let mut ms = [[[0.0f32; 8]; T]; R];
+    let mut b0 = 0;
+    while b0 < nb {
+        let n8 = 8.min(nb - b0);
         for r in 0..R {
-            // SAFETY: block `b` of row `r` spans bytes `b*bb..(b+1)*bb`, inside the row
-            // (checked above); reads stay within it (32 bytes from offset 2 for Q8_0,
-            // 16 bytes from offset 2/4 for Q4_0/Q4_1, f16 scales at offsets 0 and 2).
-            let blk = rows[r].as_ptr().add(b * bb);
-            let w = if F == Q8_0 {
-                _mm256_loadu_si256(blk.add(off) as *const __m256i)
+            // The quants two groups ahead (hints: no fault even past the end).
+            let ahead = rows[r].as_ptr().wrapping_add(16 * (b0 + 16));
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
+            // Eight f16 scales and minimums of row `r` from block `b0` (fewer at the end
+            // of the row, converted one by one so nothing past it is read).
+            let (mut dw, mut mw) = ([0.0f32; 8], [0.0f32; 8]);
+            if n8 == 8 {
+                // SAFETY: blocks b0..b0+8 exist, so 16 bytes of scales (minimums) start
+                // at 16nb + 2b0 (18nb + 2b0) inside the row of 20nb bytes.
+                let p = rows[r].as_ptr();
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * nb + 2 * b0) as *const __m128i));
+                let m = _mm256_cvtph_ps(_mm_loadu_si128(p.add(18 * nb + 2 * b0) as *const __m128i));
+                _mm256_storeu_ps(dw.as_mut_ptr(), d);
+                _mm256_storeu_ps(mw.as_mut_ptr(), m);
             } else {
-                let tmp = _mm_loadu_si128(blk.add(off) as *const __m128i);
-                let nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp), low);
-                if F == Q4_0 {
-                    _mm256_sub_epi8(nib, eight)
-                } else {
-                    nib
+                for k in 0..n8 {
+                    dw[k] = f16_at(rows[r], 16 * nb + 2 * (b0 + k));
+                    mw[k] = f16_at(rows[r], 18 * nb + 2 * (b0 + k));
                 }
-            };
-            let dw = half_to_f32(blk);
-            let mw = if F == Q4_1 {
-                half_to_f32(blk.add(2))
-            } else {
-                0.0
-            };
-            let ax = _mm256_sign_epi8(w, w);
+            }
             for t in 0..T {
-                let a = acts[t].get_unchecked(b);
-                let sy = _mm256_sign_epi8(ys[t], w);
-                let lanes =
-                    _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(ax, sy)));
-                acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d), lanes, acc[r][t]);
-                if F == Q4_1 {
-                    summs[r][t] += mw * a.s;
+                if n8 == 8 {
+                    // SAFETY: blocks b0..b0+8 of the activation scales exist.
+                    let ad = _mm256_loadu_ps(scales[t].d.as_ptr().add(b0));
+                    let as_ = _mm256_loadu_ps(scales[t].s.as_ptr().add(b0));
+                    let d = _mm256_loadu_ps(dw.as_ptr());
+                    let m = _mm256_loadu_ps(mw.as_ptr());
+                    _mm256_storeu_ps(sc[r][t].as_mut_ptr(), _mm256_mul_ps(d, ad));
+                    _mm256_storeu_ps(ms[r][t].as_mut_ptr(), _mm256_mul_ps(m, as_));
+                } else {
+                    for k in 0..n8 {
+                        sc[r][t][k] = dw[k] * scales[t].d.get_unchecked(b0 + k);
+                        ms[r][t][k] = mw[k] * scales[t].s.get_unchecked(b0 + k);
+                    }
                 }
             }
         }
+        for k in 0..n8 {
+            let b = b0 + k;
+            let ys: [__m256i; T] = std::array::from_fn(|t| {
+                _mm256_loadu_si256(acts[t].get_unchecked(b).qs.as_ptr() as *const __m256i)
+            });
+            for r in 0..R {
+                // SAFETY: block b's 16 nibble bytes lie at 16b..16b+16 of the row.
+                let tmp = _mm_loadu_si128(rows[r].as_ptr().add(16 * b) as *const __m128i);
+                let u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp), low);
+                for t in 0..T {
+                    let lanes = if VNNI {
+                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, ys[t])
+                    } else {
+                        _mm256_madd_epi16(ones, _mm256_maddubs_epi16(u, ys[t]))
+                    };
+                    let f = _mm256_cvtepi32_ps(lanes);
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(sc[r][t][k]), f, acc[r][t]);
+                    summs[r][t] += ms[r][t][k];
+                }
+            }
+        }
+        b0 += n8;
     }
     for r in 0..R {
         for t in 0..T {
@@ -227,66 +430,6 @@ unsafe fn tile_avx2<const F: u8, const R: usize, const T: usize>(
             out[r * T + t] = hsum8(lanes) + summs[r][t];
         }
     }
-}
-
-/// Dot products of a tile of up to [`MAX_ROWS`] weight rows (equal lengths) with up to
-/// [`MAX_TOKENS`] rows of quantized activations: `out[r * acts.len() + t]` is
-/// `dot(rows[r], acts[t])`. `use_simd` selects the AVX2+FMA kernel where the CPU has
-/// it; results are bit-identical either way (`mul_add` is exactly rounded).
-pub fn dot_tile(
-    dtype: DType,
-    rows: &[&[u8]],
-    acts: &[&[Q8Block]],
-    use_simd: bool,
-    out: &mut [f32],
-) {
-    let (nr, nt) = (rows.len(), acts.len());
-    assert!(supports(dtype) && (1..=MAX_ROWS).contains(&nr) && (1..=MAX_TOKENS).contains(&nt));
-    assert!(out.len() >= nr * nt, "output too short for the tile");
-    #[cfg(target_arch = "x86_64")]
-    if use_simd && has_avx2_fma() {
-        macro_rules! dispatch {
-            ($f:expr; $(($r:literal, $t:literal)),*) => {
-                match (nr, nt) {
-                    // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
-                    $(($r, $t) => unsafe { tile_avx2::<{ $f }, $r, $t>(rows, acts, out) },)*
-                    _ => unreachable!("tile size checked above"),
-                }
-            };
-        }
-        macro_rules! sizes {
-            ($f:expr) => {
-                dispatch!($f; (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3), (2, 4),
-                    (3, 1), (3, 2), (3, 3), (3, 4), (4, 1), (4, 2), (4, 3), (4, 4))
-            };
-        }
-        match dtype {
-            DType::Q8_0 => sizes!(Q8_0),
-            DType::Q4_0 => sizes!(Q4_0),
-            _ => sizes!(Q4_1),
-        }
-        return;
-    }
-    let _ = use_simd;
-    for (r, row) in rows.iter().enumerate() {
-        for (t, a) in acts.iter().enumerate() {
-            out[r * nt + t] = dot_generic(dtype, row, a);
-        }
-    }
-}
-
-/// The dot product of one quantized weight row with one row of quantized activations.
-pub fn dot(dtype: DType, row: &[u8], acts: &[Q8Block], use_simd: bool) -> f32 {
-    let mut out = [0.0f32];
-    dot_tile(dtype, &[row], &[acts], use_simd, &mut out);
-    out[0]
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c")
 }
 
 #[cfg(test)]
@@ -335,74 +478,57 @@ mod tests {
         assert_eq!(&blocks[0].qs[..3], &[127, 2, 4]);
     }
 
-    /// The integer path approximates the exact f32 dot of dequantized weights with
-    /// the unquantized activations to within the activation quantization error.
+    /// Every tile shape and kernel gives, element for element, the bits of the reference
+    /// on the file layout (rows of 37 blocks: four full groups of eight and a tail), and
+    /// the reference is the exact dot up to the activation quantization error.
     #[test]
-    fn quantized_dot_is_close_to_the_exact_dot_and_simd_is_identical() {
-        for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
-            let w = values(256, 7);
-            let x = values(256, 9);
-            let mut row = Vec::new();
-            quant::quantize(dtype, &w, &mut row).unwrap();
-            let mut wd = vec![0.0; 256];
-            quant::dequantize(dtype, &row, &mut wd);
-            let exact: f64 = wd.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
-            let mut acts = Vec::new();
-            quantize_activations(&x, &mut acts);
-            let got = dot(dtype, &row, &acts, false);
-            // Activation error per value is at most d/2 = amax/254.
-            let bound: f64 = wd.iter().map(|v| v.abs() as f64).sum::<f64>() * 2.0 / 254.0 + 1e-3;
-            assert!(
-                (got as f64 - exact).abs() <= bound,
-                "{dtype:?}: {got} vs {exact}"
-            );
-            assert_eq!(
-                dot(dtype, &row, &acts, true).to_bits(),
-                got.to_bits(),
-                "{dtype:?}"
-            );
-        }
-    }
-
-    /// Every tile shape of the SIMD kernel gives, element for element, the bits of the
-    /// portable one-row-one-token dot.
-    #[test]
-    fn simd_tiles_are_bit_identical_to_the_portable_dot() {
-        for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
-            let cols = 32 * 37;
-            let rows: Vec<Vec<u8>> = (0..MAX_ROWS as u64)
-                .map(|r| {
-                    let mut row = Vec::new();
-                    quant::quantize(dtype, &values(cols, 100 + r), &mut row).unwrap();
-                    row
-                })
-                .collect();
-            let acts: Vec<Vec<Q8Block>> = (0..MAX_TOKENS as u64)
-                .map(|t| {
-                    let mut a = Vec::new();
-                    quantize_activations(&values(cols, 200 + t), &mut a);
-                    a
-                })
-                .collect();
+    fn split_q4_1_tiles_match_the_reference_bit_for_bit() {
+        let (rows, cols) = (6, 32 * 37);
+        let mut src = Vec::new();
+        quant::quantize(DType::Q4_1, &values(rows * cols, 100), &mut src).unwrap();
+        let pool = WorkerPool::new(2).unwrap();
+        let split = SplitQ4_1::pack(&src, rows, cols, &pool).unwrap();
+        assert!(SplitQ4_1::pack(&src[1..], rows, cols, &pool).is_none());
+        let row_bytes = DType::Q4_1.row_bytes(cols).unwrap();
+        let xs: Vec<Vec<f32>> = (0..MAX_TOKENS as u64)
+            .map(|t| values(cols, 200 + t))
+            .collect();
+        let acts: Vec<Vec<Q8Block>> = xs
+            .iter()
+            .map(|x| {
+                let mut a = Vec::new();
+                quantize_activations(x, &mut a);
+                a
+            })
+            .collect();
+        let scales: Vec<ActScales> = acts.iter().map(|a| ActScales::of(a)).collect();
+        let kernels = std::iter::once(None).chain(Simd::available().into_iter().map(Some));
+        for simd in kernels {
             for nr in 1..=MAX_ROWS {
                 for nt in 1..=MAX_TOKENS {
-                    let r: Vec<&[u8]> = rows[..nr].iter().map(Vec::as_slice).collect();
                     let a: Vec<&[Q8Block]> = acts[..nt].iter().map(Vec::as_slice).collect();
-                    let mut simd = vec![0.0f32; nr * nt];
-                    dot_tile(dtype, &r, &a, true, &mut simd);
-                    let mut portable = vec![0.0f32; nr * nt];
-                    dot_tile(dtype, &r, &a, false, &mut portable);
+                    let sc: Vec<&ActScales> = scales[..nt].iter().collect();
+                    let r0 = rows - nr;
+                    let mut out = vec![f32::NAN; nr * nt];
+                    split.dot_tile_with(simd, r0, nr, &a, &sc, &mut out);
                     for i in 0..nr * nt {
-                        let want = dot_generic(dtype, r[i / nt], a[i % nt]);
-                        assert_eq!(portable[i].to_bits(), want.to_bits());
-                        assert_eq!(
-                            simd[i].to_bits(),
-                            want.to_bits(),
-                            "{dtype:?} {nr}x{nt} #{i}"
-                        );
+                        let row = &src[(r0 + i / nt) * row_bytes..][..row_bytes];
+                        let want = dot_q4_1_reference(row, a[i % nt]);
+                        assert_eq!(out[i].to_bits(), want.to_bits(), "{simd:?} {nr}x{nt} #{i}");
                     }
                 }
             }
         }
+        let mut w = vec![0.0; cols];
+        quant::dequantize(DType::Q4_1, &src[..row_bytes], &mut w);
+        let exact: f64 = w
+            .iter()
+            .zip(&xs[0])
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
+        let got = dot_q4_1_reference(&src[..row_bytes], &acts[0]) as f64;
+        // Activation error per value is at most d/2 = amax/254; `s` adds f16 rounding.
+        let bound: f64 = w.iter().map(|v| v.abs() as f64).sum::<f64>() * 2.0 / 254.0 + 1e-2;
+        assert!((got - exact).abs() <= bound, "{got} vs {exact}");
     }
 }
