@@ -83,6 +83,36 @@ pub(crate) fn dot_rows_generic<const R: usize>(w: &[f32], cols: usize, x: &[f32]
     }
 }
 
+/// [`dot_rows_generic`] over rows `stride` apart (row `r` is `w[r*stride..r*stride+cols]`):
+/// per row the same arithmetic, so the same bits.
+#[inline(always)]
+pub(crate) fn dot_rows_strided_generic<const R: usize>(
+    w: &[f32],
+    stride: usize,
+    cols: usize,
+    x: &[f32],
+    res: &mut [f32],
+) {
+    let mut acc = [[0.0f32; LANES]; R];
+    let body = cols - cols % LANES;
+    assert!(w.len() >= (R - 1) * stride + cols && x.len() >= cols);
+    for (c, xs) in x[..body].chunks_exact(LANES).enumerate() {
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let ws = &w[r * stride + c * LANES..r * stride + (c + 1) * LANES];
+            for j in 0..LANES {
+                acc_r[j] += ws[j] * xs[j];
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        let mut s = reduce(*acc_r);
+        for i in body..cols {
+            s += w[r * stride + i] * x[i];
+        }
+        res[r] = s;
+    }
+}
+
 #[inline(always)]
 fn dot_rows_any(w: &[f32], cols: usize, x: &[f32], res: &mut [f32]) {
     match res.len() {

@@ -465,17 +465,41 @@ fn attend_generic(
     let hd = q.len();
     let scale = 1.0 / (hd as f32).sqrt();
     let scores = &mut scores[..len];
-    for (j, s) in scores.iter_mut().enumerate() {
-        let k = &keys[j * stride + offset..j * stride + offset + hd];
-        let mut r = [0.0f32];
-        dot::dot_rows_generic::<1>(k, hd, q, &mut r);
+    // Four keys per pass share the query's loads; each score is the same dot as alone.
+    let mut j = 0;
+    let mut r = [0.0f32; 4];
+    while j + 4 <= len {
+        let k = &keys[j * stride + offset..];
+        dot::dot_rows_strided_generic::<4>(k, stride, hd, q, &mut r);
+        for (s, v) in scores[j..j + 4].iter_mut().zip(r) {
+            *s = v * scale;
+        }
+        j += 4;
+    }
+    for (j, s) in scores.iter_mut().enumerate().skip(j) {
+        let k = &keys[j * stride + offset..];
+        dot::dot_rows_strided_generic::<1>(k, stride, hd, q, &mut r[..1]);
         *s = r[0] * scale;
     }
     softmax(scores);
     out.fill(0.0);
-    for (j, p) in scores.iter().enumerate() {
-        let v = &values[j * stride + offset..j * stride + offset + hd];
-        for (o, vv) in out.iter_mut().zip(v) {
+    // Four positions per pass over `out`; each element still adds the positions in order.
+    let mut chunks = scores.chunks_exact(4);
+    let mut j = 0;
+    for p in chunks.by_ref() {
+        let v: [&[f32]; 4] = std::array::from_fn(|i| {
+            let at = (j + i) * stride + offset;
+            &values[at..at + hd]
+        });
+        let rows = v[0].iter().zip(v[1]).zip(v[2]).zip(v[3]);
+        for (o, (((a, b), c), d)) in out.iter_mut().zip(rows) {
+            *o = (((*o + p[0] * a) + p[1] * b) + p[2] * c) + p[3] * d;
+        }
+        j += 4;
+    }
+    for (i, p) in chunks.remainder().iter().enumerate() {
+        let at = (j + i) * stride + offset;
+        for (o, vv) in out.iter_mut().zip(&values[at..at + hd]) {
             *o += p * vv;
         }
     }
