@@ -264,9 +264,14 @@ impl Transformer {
             for (o, i) in xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
                 kernels::rmsnorm(i, &b.attention_norm, eps, o);
             }
-            kernels::matmul_with(pool, &b.wq, &xb, &mut q, self.precision);
-            kernels::matmul_with(pool, &b.wk, &xb, &mut k, self.precision);
-            kernels::matmul_with(pool, &b.wv, &xb, &mut v, self.precision);
+            let qkv = [&b.wq, &b.wk, &b.wv];
+            kernels::matmul_group(
+                pool,
+                &qkv,
+                &xb,
+                &mut [&mut q, &mut k, &mut v],
+                self.precision,
+            );
             for (t, &(slot, pos)) in where_.iter().enumerate() {
                 rope.apply(&mut q[t * q_dim..(t + 1) * q_dim], pos);
                 rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], pos);
@@ -301,8 +306,8 @@ impl Transformer {
             for (o, i) in xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
                 kernels::rmsnorm(i, &b.ffn_norm, eps, o);
             }
-            kernels::matmul_with(pool, &b.w1, &xb, &mut h1, self.precision);
-            kernels::matmul_with(pool, &b.w3, &xb, &mut h3, self.precision);
+            let gate_up = [&b.w1, &b.w3];
+            kernels::matmul_group(pool, &gate_up, &xb, &mut [&mut h1, &mut h3], self.precision);
             kernels::swiglu(&mut h1, &h3);
             kernels::matmul_with(pool, &b.w2, &h1, &mut proj, self.precision);
             add_in_place(&mut x, &proj);

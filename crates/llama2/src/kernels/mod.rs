@@ -140,91 +140,176 @@ pub fn matmul_with(
     out: &mut [f32],
     precision: Precision,
 ) {
-    let (rows, cols) = (w.rows, w.cols);
+    matmul_group(pool, &[w], x, &mut [out], precision)
+}
+
+/// Several products of the same activations, `outs[i] = x · ws[i]ᵀ` as [`matmul_with`],
+/// in one parallel operation: the activations are quantized once and the workers meet
+/// once (the attention's q/k/v and the feed-forward's gate/up projections).
+pub fn matmul_group(
+    pool: &WorkerPool,
+    ws: &[&Matrix],
+    x: &[f32],
+    outs: &mut [&mut [f32]],
+    precision: Precision,
+) {
+    assert_eq!(ws.len(), outs.len(), "one output per matrix");
+    let Some(cols) = ws.first().map(|w| w.cols) else {
+        return;
+    };
     assert!(
         cols > 0 && x.len().is_multiple_of(cols),
         "activation width mismatch"
     );
     let n = x.len() / cols;
-    assert_eq!(out.len(), n * rows, "output size mismatch");
-    if precision == Precision::Fast {
-        match w.repacked(pool) {
-            Repacked::Interleaved(p) => return matmul_packed(pool, p, x, cols, out),
-            Repacked::SplitQ4_1(sp) => return matmul_q4_1(pool, sp, x, cols, out),
-            Repacked::None => {}
-        }
-    }
-    let isa = Isa::detect();
-    let per_task = rows_per_task(rows, pool.threads());
-    let out_ptr = SharedOut(out.as_mut_ptr());
-    pool.run(rows.div_ceil(per_task), &|task| {
-        let r0 = task * per_task;
-        let r1 = (r0 + per_task).min(rows);
-        let mut wbuf = vec![0.0f32; ROW_BLOCK * cols];
-        let mut res = [0.0f32; ROW_BLOCK];
-        let mut r = r0;
-        while r < r1 {
-            let nb = ROW_BLOCK.min(r1 - r);
-            convert::to_f32(w.dtype(), w.row_bytes(r, r + nb), &mut wbuf[..nb * cols]);
-            for t in 0..n {
-                let xt = &x[t * cols..(t + 1) * cols];
-                dot::dot_rows(isa, &wbuf[..nb * cols], cols, xt, &mut res[..nb]);
-                for (i, v) in res[..nb].iter().enumerate() {
-                    // SAFETY: `t < n` and `r + i < r1 <= rows`, so the index is inside
-                    // `out` (length n * rows); each task owns rows r0..r1 exclusively,
-                    // so no two tasks write the same element.
-                    unsafe { *out_ptr.at(t * rows + r + i) = *v };
-                }
+    let threads = pool.threads();
+    let mut plans = Vec::with_capacity(ws.len());
+    for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        assert_eq!(w.cols, cols, "matrices of one group take the same input");
+        assert_eq!(out.len(), n * w.rows, "output size mismatch");
+        let kind = match precision {
+            Precision::Fast => w.repacked(pool),
+            Precision::Exact => &Repacked::None,
+        };
+        let (units, per_task) = match kind {
+            Repacked::Interleaved(p) => {
+                let per = (rows_per_task(w.rows, threads) / packed::GROUP).max(1);
+                (p.groups(), per)
             }
-            r += nb;
+            _ => (w.rows, rows_per_task(w.rows, threads)),
+        };
+        plans.push(Plan {
+            w,
+            kind,
+            units,
+            per_task,
+            tasks: units.div_ceil(per_task),
+            out: SharedOut(out.as_mut_ptr()),
+        });
+    }
+    let needs_acts = plans.iter().any(|p| !matches!(p.kind, Repacked::None));
+    let acts = if needs_acts {
+        quantize_rows(x, cols)
+    } else {
+        Vec::new()
+    };
+    let scales: Vec<qdot::ActScales> = if plans
+        .iter()
+        .any(|p| matches!(p.kind, Repacked::SplitQ4_1(_)))
+    {
+        acts.iter().map(|a| qdot::ActScales::of(a)).collect()
+    } else {
+        Vec::new()
+    };
+    let io = Inputs {
+        x,
+        cols,
+        n,
+        acts: &acts,
+        scales: &scales,
+    };
+    let total: usize = plans.iter().map(|p| p.tasks).sum();
+    pool.run(total, &|mut task| {
+        for plan in &plans {
+            if task >= plan.tasks {
+                task -= plan.tasks;
+                continue;
+            }
+            let u0 = task * plan.per_task;
+            let u1 = (u0 + plan.per_task).min(plan.units);
+            match plan.kind {
+                Repacked::Interleaved(p) => packed_task(p, &io, u0, u1, plan.out),
+                Repacked::SplitQ4_1(sp) => q4_1_task(sp, &io, u0, u1, plan.out),
+                Repacked::None => float_task(plan.w, &io, u0, u1, plan.out),
+            }
+            return;
         }
     });
 }
 
-/// The Q4_1 product: each activation row is quantized once, then tiles of weight rows
-/// meet the tokens four at a time.
-fn matmul_q4_1(pool: &WorkerPool, w: &qdot::SplitQ4_1, x: &[f32], cols: usize, out: &mut [f32]) {
-    let rows = w.rows();
-    let n = x.len() / cols;
-    let acts = quantize_rows(x, cols);
-    let scales: Vec<qdot::ActScales> = acts.iter().map(|a| qdot::ActScales::of(a)).collect();
-    let simd = Isa::detect() != Isa::Baseline;
-    let per_task = rows_per_task(rows, pool.threads());
-    let out_ptr = SharedOut(out.as_mut_ptr());
-    // Tokens per tile: the tile's activations stay in L2 while the task's rows stream.
-    const TOKEN_TILE: usize = 64;
-    // Weight rows per kernel call: a single token needs several rows in flight to keep
-    // the multiply-add chains busy; a token group already has one chain per token.
-    let row_block = if n == 1 { qdot::MAX_ROWS } else { 2 };
-    pool.run(rows.div_ceil(per_task), &|task| {
-        let r0 = task * per_task;
-        let r1 = (r0 + per_task).min(rows);
-        let mut res = [0.0f32; qdot::MAX_ROWS * qdot::MAX_TOKENS];
-        for t0 in (0..n).step_by(TOKEN_TILE) {
-            let t1 = (t0 + TOKEN_TILE).min(n);
-            let mut r = r0;
-            while r < r1 {
-                let nr = row_block.min(r1 - r);
-                let mut g = t0;
-                while g < t1 {
-                    let nt = qdot::MAX_TOKENS.min(t1 - g);
-                    let a: [&[qdot::Q8Block]; qdot::MAX_TOKENS] =
-                        std::array::from_fn(|i| acts[g + i.min(nt - 1)].as_slice());
-                    let sc: [&qdot::ActScales; qdot::MAX_TOKENS] =
-                        std::array::from_fn(|i| &scales[g + i.min(nt - 1)]);
-                    w.dot_tile(r, nr, &a[..nt], &sc[..nt], simd, &mut res);
-                    for (i, v) in res[..nr * nt].iter().enumerate() {
-                        // SAFETY: `g + i % nt < n`, `r + i / nt < r1 <= rows`: inside `out`
-                        // (n * rows long); rows are split between tasks, so each element
-                        // has one writer.
-                        unsafe { *out_ptr.at((g + i % nt) * rows + r + i / nt) = *v };
-                    }
-                    g += nt;
-                }
-                r += nr;
+/// One matrix of a [`matmul_group`]: how it is computed and split into tasks.
+struct Plan<'a> {
+    w: &'a Matrix,
+    kind: &'a Repacked,
+    /// Rows, or groups of rows for the interleaved layout.
+    units: usize,
+    /// Units per task.
+    per_task: usize,
+    tasks: usize,
+    out: SharedOut,
+}
+
+/// The activations of a [`matmul_group`], as each kernel wants them.
+struct Inputs<'a> {
+    x: &'a [f32],
+    cols: usize,
+    /// Activation rows (tokens).
+    n: usize,
+    /// Each row quantized to 8-bit blocks (integer kernels only).
+    acts: &'a [Vec<qdot::Q8Block>],
+    /// Their scales laid out for the Q4_1 kernel.
+    scales: &'a [qdot::ActScales],
+}
+
+/// Tokens per tile: the tile's activations stay in L2 while a task's rows stream.
+const TOKEN_TILE: usize = 64;
+
+/// Rows `r0..r1` of a float (or dequantized) product.
+fn float_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut) {
+    let (rows, cols) = (w.rows, io.cols);
+    let isa = Isa::detect();
+    let mut wbuf = vec![0.0f32; ROW_BLOCK * cols];
+    let mut res = [0.0f32; ROW_BLOCK];
+    let mut r = r0;
+    while r < r1 {
+        let nb = ROW_BLOCK.min(r1 - r);
+        convert::to_f32(w.dtype(), w.row_bytes(r, r + nb), &mut wbuf[..nb * cols]);
+        for t in 0..io.n {
+            let xt = &io.x[t * cols..(t + 1) * cols];
+            dot::dot_rows(isa, &wbuf[..nb * cols], cols, xt, &mut res[..nb]);
+            for (i, v) in res[..nb].iter().enumerate() {
+                // SAFETY: `t < n` and `r + i < r1 <= rows`, so the index is inside the
+                // output (n * rows long); tasks own disjoint row ranges, so no two
+                // write the same element.
+                unsafe { *out.at(t * rows + r + i) = *v };
             }
         }
-    });
+        r += nb;
+    }
+}
+
+/// Rows `r0..r1` of a Q4_1 product: tiles of weight rows meet the tokens four at a time.
+fn q4_1_task(w: &qdot::SplitQ4_1, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut) {
+    let (rows, n) = (w.rows(), io.n);
+    let simd = Isa::detect() != Isa::Baseline;
+    // Weight rows per kernel call, as measured fastest (`examples/kernel_speed`): one
+    // for a single token (more rows mean more memory streams and spilled state and
+    // measured slower), two for token groups (each weight unpack serves 8 products).
+    let row_block = if n == 1 { 1 } else { 2 };
+    let mut res = [0.0f32; qdot::MAX_ROWS * qdot::MAX_TOKENS];
+    for t0 in (0..n).step_by(TOKEN_TILE) {
+        let t1 = (t0 + TOKEN_TILE).min(n);
+        let mut r = r0;
+        while r < r1 {
+            let nr = row_block.min(r1 - r);
+            let mut g = t0;
+            while g < t1 {
+                let nt = qdot::MAX_TOKENS.min(t1 - g);
+                let a: [&[qdot::Q8Block]; qdot::MAX_TOKENS] =
+                    std::array::from_fn(|i| io.acts[g + i.min(nt - 1)].as_slice());
+                let sc: [&qdot::ActScales; qdot::MAX_TOKENS] =
+                    std::array::from_fn(|i| &io.scales[g + i.min(nt - 1)]);
+                w.dot_tile(r, nr, &a[..nt], &sc[..nt], simd, &mut res);
+                for (i, v) in res[..nr * nt].iter().enumerate() {
+                    // SAFETY: `g + i % nt < n`, `r + i / nt < r1 <= rows`: inside the
+                    // output (n * rows long); tasks own disjoint row ranges.
+                    unsafe { *out.at((g + i % nt) * rows + r + i / nt) = *v };
+                }
+                g += nt;
+            }
+            r += nr;
+        }
+    }
 }
 
 /// Each activation row quantized to 8-bit blocks.
@@ -238,52 +323,35 @@ fn quantize_rows(x: &[f32], cols: usize) -> Vec<Vec<qdot::Q8Block>> {
         .collect()
 }
 
-/// The product over interleaved Q4_0/Q8_0 weights: groups of eight rows are split among
-/// the workers; each group meets the tokens four at a time.
-fn matmul_packed(
-    pool: &WorkerPool,
-    w: &packed::PackedMatrix,
-    x: &[f32],
-    cols: usize,
-    out: &mut [f32],
-) {
-    let rows = w.rows();
-    let n = x.len() / cols;
-    let acts = quantize_rows(x, cols);
+/// Groups `g0..g1` of an interleaved Q4_0/Q8_0 product: each group of eight rows meets
+/// the tokens four at a time.
+fn packed_task(w: &packed::PackedMatrix, io: &Inputs<'_>, g0: usize, g1: usize, out: SharedOut) {
+    let (rows, n) = (w.rows(), io.n);
     let simd = Isa::detect() != Isa::Baseline;
-    let groups = w.groups();
-    let per_task = (rows_per_task(rows, pool.threads()) / packed::GROUP).max(1);
-    let out_ptr = SharedOut(out.as_mut_ptr());
-    const TOKEN_TILE: usize = 64;
-    pool.run(groups.div_ceil(per_task), &|task| {
-        let g0 = task * per_task;
-        let g1 = (g0 + per_task).min(groups);
-        let mut res = [0.0f32; packed::GROUP * packed::MAX_TOKENS];
-        for t0 in (0..n).step_by(TOKEN_TILE) {
-            let tile = &acts[t0..(t0 + TOKEN_TILE).min(n)];
-            for g in g0..g1 {
-                let live = packed::GROUP.min(rows - g * packed::GROUP);
-                for (k, group) in tile.chunks(packed::MAX_TOKENS).enumerate() {
-                    let refs: [&[qdot::Q8Block]; packed::MAX_TOKENS] =
-                        std::array::from_fn(|i| group.get(i).map_or(&[][..], Vec::as_slice));
-                    w.dot_group(g, &refs[..group.len()], simd, &mut res);
-                    for (i, vals) in res
-                        .chunks_exact(packed::GROUP)
-                        .take(group.len())
-                        .enumerate()
-                    {
-                        let t = t0 + k * packed::MAX_TOKENS + i;
-                        for (r, v) in vals[..live].iter().enumerate() {
-                            // SAFETY: `t < n` and `8g + r < rows`: inside `out` (n * rows
-                            // long); groups are split between tasks, so each element
-                            // has one writer.
-                            unsafe { *out_ptr.at(t * rows + g * packed::GROUP + r) = *v };
-                        }
+    let mut res = [0.0f32; packed::GROUP * packed::MAX_TOKENS];
+    for t0 in (0..n).step_by(TOKEN_TILE) {
+        let tile = &io.acts[t0..(t0 + TOKEN_TILE).min(n)];
+        for g in g0..g1 {
+            let live = packed::GROUP.min(rows - g * packed::GROUP);
+            for (k, group) in tile.chunks(packed::MAX_TOKENS).enumerate() {
+                let refs: [&[qdot::Q8Block]; packed::MAX_TOKENS] =
+                    std::array::from_fn(|i| group.get(i).map_or(&[][..], Vec::as_slice));
+                w.dot_group(g, &refs[..group.len()], simd, &mut res);
+                for (i, vals) in res
+                    .chunks_exact(packed::GROUP)
+                    .take(group.len())
+                    .enumerate()
+                {
+                    let t = t0 + k * packed::MAX_TOKENS + i;
+                    for (r, v) in vals[..live].iter().enumerate() {
+                        // SAFETY: `t < n` and `8g + r < rows`: inside the output (n * rows
+                        // long); tasks own disjoint groups, so each element has one writer.
+                        unsafe { *out.at(t * rows + g * packed::GROUP + r) = *v };
                     }
                 }
             }
         }
-    });
+    }
 }
 
 /// Raw output pointer shared by parallel tasks that write disjoint elements.
