@@ -64,23 +64,7 @@ fn reduce(mut a: [f32; LANES]) -> f32 {
 /// `R` dot products of consecutive rows of `w` (each `cols` long) with `x`.
 #[inline(always)]
 pub(crate) fn dot_rows_generic<const R: usize>(w: &[f32], cols: usize, x: &[f32], res: &mut [f32]) {
-    let mut acc = [[0.0f32; LANES]; R];
-    let body = cols - cols % LANES;
-    for (c, xs) in x[..body].chunks_exact(LANES).enumerate() {
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            let ws = &w[r * cols + c * LANES..r * cols + (c + 1) * LANES];
-            for j in 0..LANES {
-                acc_r[j] += ws[j] * xs[j];
-            }
-        }
-    }
-    for (r, acc_r) in acc.iter().enumerate() {
-        let mut s = reduce(*acc_r);
-        for i in body..cols {
-            s += w[r * cols + i] * x[i];
-        }
-        res[r] = s;
-    }
+    dot_rows_strided_generic::<R>(w, cols, cols, x, res)
 }
 
 /// [`dot_rows_generic`] over rows `stride` apart (row `r` is `w[r*stride..r*stride+cols]`):

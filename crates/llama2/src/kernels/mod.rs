@@ -100,6 +100,50 @@ enum Repacked {
     None,
 }
 
+/// The SIMD variants of the integer kernels ([`packed`], [`qdot`]); `None` where they do
+/// not apply and the portable kernels run (outside x86-64 for now).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IntSimd {
+    /// AVX2, FMA and F16C.
+    Avx2,
+    /// AVX2 plus AVX-512 VNNI on 256-bit registers (`vpdpbusd`).
+    Vnni,
+}
+
+/// No SIMD integer kernels outside x86-64 yet.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IntSimd {}
+
+impl IntSimd {
+    /// The fastest variant this CPU runs.
+    #[cfg(target_arch = "x86_64")]
+    fn detect() -> Option<IntSimd> {
+        use std::arch::is_x86_feature_detected as has;
+        if !(has!("avx2") && has!("fma") && has!("f16c")) {
+            None
+        } else if has!("avx512vnni") && has!("avx512vl") {
+            Some(IntSimd::Vnni)
+        } else {
+            Some(IntSimd::Avx2)
+        }
+    }
+
+    /// Every variant this CPU runs, slowest first (what the tests compare).
+    #[cfg(test)]
+    fn available() -> Vec<IntSimd> {
+        #[cfg(target_arch = "x86_64")]
+        return match IntSimd::detect() {
+            None => Vec::new(),
+            Some(IntSimd::Avx2) => vec![IntSimd::Avx2],
+            Some(IntSimd::Vnni) => vec![IntSimd::Avx2, IntSimd::Vnni],
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        Vec::new()
+    }
+}
+
 /// Rows handled together by one micro-kernel call (shares each activation load).
 const ROW_BLOCK: usize = 4;
 

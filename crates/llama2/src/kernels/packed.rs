@@ -21,6 +21,7 @@
 
 use super::pool::WorkerPool;
 use super::qdot::{Q8Block, QK};
+use super::IntSimd as Simd;
 use crate::tensor::DType;
 use half::f16;
 
@@ -263,54 +264,6 @@ const fn fmt_dtype(f: u8) -> DType {
         FMT_Q4_0 => DType::Q4_0,
         FMT_Q4_1 => DType::Q4_1,
         _ => DType::Q8_0,
-    }
-}
-
-/// The SIMD kernels (none outside x86-64 yet: the portable kernel runs there).
-#[cfg(not(target_arch = "x86_64"))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Simd {}
-
-#[cfg(not(target_arch = "x86_64"))]
-impl Simd {
-    #[cfg(test)]
-    fn available() -> Vec<Simd> {
-        Vec::new()
-    }
-}
-
-/// The x86 kernels.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Simd {
-    /// AVX2, FMA and F16C.
-    Avx2,
-    /// AVX2 plus AVX-512 VNNI on 256-bit registers (`vpdpbusd`).
-    Vnni,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Simd {
-    /// The fastest kernel this CPU runs.
-    fn detect() -> Option<Simd> {
-        use std::arch::is_x86_feature_detected as has;
-        if !(has!("avx2") && has!("fma") && has!("f16c")) {
-            None
-        } else if has!("avx512vnni") && has!("avx512vl") {
-            Some(Simd::Vnni)
-        } else {
-            Some(Simd::Avx2)
-        }
-    }
-
-    /// Every kernel this CPU runs, slowest first.
-    #[cfg(test)]
-    fn available() -> Vec<Simd> {
-        match Simd::detect() {
-            None => Vec::new(),
-            Some(Simd::Avx2) => vec![Simd::Avx2],
-            Some(Simd::Vnni) => vec![Simd::Avx2, Simd::Vnni],
-        }
     }
 }
 

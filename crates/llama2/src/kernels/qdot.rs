@@ -16,6 +16,7 @@
 use half::f16;
 
 use super::pool::WorkerPool;
+use super::IntSimd as Simd;
 use super::SharedOut;
 use crate::tensor::DType;
 
@@ -261,52 +262,6 @@ impl SplitQ4_1 {
                 }
                 out[i * nt + t] = hsum8(acc) + summs;
             }
-        }
-    }
-}
-
-/// The SIMD kernels (none outside x86-64 yet: the portable kernel runs there).
-#[cfg(not(target_arch = "x86_64"))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Simd {}
-
-#[cfg(not(target_arch = "x86_64"))]
-impl Simd {
-    #[cfg(test)]
-    fn available() -> Vec<Simd> {
-        Vec::new()
-    }
-}
-
-/// The x86 kernels.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Simd {
-    /// AVX2, FMA and F16C.
-    Avx2,
-    /// AVX2 plus AVX-512 VNNI on 256-bit registers (`vpdpbusd`).
-    Vnni,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Simd {
-    fn detect() -> Option<Simd> {
-        use std::arch::is_x86_feature_detected as has;
-        if !(has!("avx2") && has!("fma") && has!("f16c")) {
-            None
-        } else if has!("avx512vnni") && has!("avx512vl") {
-            Some(Simd::Vnni)
-        } else {
-            Some(Simd::Avx2)
-        }
-    }
-
-    #[cfg(test)]
-    fn available() -> Vec<Simd> {
-        match Simd::detect() {
-            None => Vec::new(),
-            Some(Simd::Avx2) => vec![Simd::Avx2],
-            Some(Simd::Vnni) => vec![Simd::Avx2, Simd::Vnni],
         }
     }
 }
