@@ -330,6 +330,12 @@ fn q4_1_task(w: &qdot::SplitQ4_1, io: &Inputs<'_>, r0: usize, r1: usize, out: Sh
     // for a single token (more rows mean more memory streams and spilled state and
     // measured slower), two for token groups (each weight unpack serves 8 products).
     let row_block = if n == 1 { 1 } else { 2 };
+    if n == 1 {
+        // SAFETY: rows `r0..r1` of the single output row are `out[r0..r1]`, inside the
+        // output (`rows` long); tasks own disjoint row ranges.
+        let o = unsafe { std::slice::from_raw_parts_mut(out.at(r0), r1 - r0) };
+        return w.dot_rows(r0, &io.acts[0], &io.scales[0], simd, o);
+    }
     let mut res = [0.0f32; qdot::MAX_ROWS * qdot::MAX_TOKENS];
     for t0 in (0..n).step_by(TOKEN_TILE) {
         let t1 = (t0 + TOKEN_TILE).min(n);

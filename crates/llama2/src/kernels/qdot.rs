@@ -199,6 +199,38 @@ impl SplitQ4_1 {
         self.dot_tile_with(simd, r0, nr, acts, scales, out)
     }
 
+    /// Dot products of rows `r0..r0 + out.len()` with one activation row (a decode
+    /// step): `out[i]` for row `r0 + i`, each as [`dot_q4_1_reference`]. One call covers
+    /// a task's rows, so the per-call checks are paid once.
+    pub fn dot_rows(
+        &self,
+        r0: usize,
+        acts: &[Q8Block],
+        scales: &ActScales,
+        use_simd: bool,
+        out: &mut [f32],
+    ) {
+        assert!(r0 + out.len() <= self.rows && acts.len() >= self.nb);
+        assert!(scales.d.len() >= self.nb && scales.s.len() >= self.nb);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = use_simd.then(Simd::detect).flatten() {
+            // SAFETY: `simd` is a kernel whose features `Simd::detect` found; the rows
+            // exist and hold `nb` blocks, the activations and scales at least `nb`
+            // (asserted above), which is all the kernel reads.
+            unsafe {
+                match simd {
+                    Simd::Vnni => rows_vnni(self, r0, acts, scales, out),
+                    Simd::Avx2 => rows_avx2(self, r0, acts, scales, out),
+                }
+            }
+            return;
+        }
+        let _ = use_simd;
+        for (i, o) in out.iter_mut().enumerate() {
+            self.dot_tile_with(None, r0 + i, 1, &[acts], &[scales], std::slice::from_mut(o));
+        }
+    }
+
     fn dot_tile_with(
         &self,
         simd: Option<Simd>,
@@ -263,6 +295,48 @@ impl SplitQ4_1 {
                 out[i * nt + t] = hsum8(acc) + summs;
             }
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_avx2(
+    w: &SplitQ4_1,
+    r0: usize,
+    acts: &[Q8Block],
+    scales: &ActScales,
+    out: &mut [f32],
+) {
+    for (i, o) in out.iter_mut().enumerate() {
+        let row = w.row(r0 + i);
+        tile::<false, 1, 1>(
+            &[row; MAX_ROWS],
+            w.nb,
+            &[acts],
+            &[scales],
+            std::slice::from_mut(o),
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn rows_vnni(
+    w: &SplitQ4_1,
+    r0: usize,
+    acts: &[Q8Block],
+    scales: &ActScales,
+    out: &mut [f32],
+) {
+    for (i, o) in out.iter_mut().enumerate() {
+        let row = w.row(r0 + i);
+        tile::<true, 1, 1>(
+            &[row; MAX_ROWS],
+            w.nb,
+            &[acts],
+            &[scales],
+            std::slice::from_mut(o),
+        );
     }
 }
 
@@ -472,6 +546,14 @@ mod tests {
                         assert_eq!(out[i].to_bits(), want.to_bits(), "{simd:?} {nr}x{nt} #{i}");
                     }
                 }
+            }
+        }
+        for simd in [false, true] {
+            let mut out = vec![f32::NAN; rows - 1];
+            split.dot_rows(1, &acts[0], &scales[0], simd, &mut out);
+            for (i, v) in out.iter().enumerate() {
+                let row = &src[(1 + i) * row_bytes..][..row_bytes];
+                assert_eq!(v.to_bits(), dot_q4_1_reference(row, &acts[0]).to_bits());
             }
         }
         let mut w = vec![0.0; cols];
