@@ -378,6 +378,13 @@ fn quantize_rows(x: &[f32], cols: usize) -> Vec<Vec<qdot::Q8Block>> {
 fn packed_task(w: &packed::PackedMatrix, io: &Inputs<'_>, g0: usize, g1: usize, out: SharedOut) {
     let (rows, n) = (w.rows(), io.n);
     let simd = Isa::detect() != Isa::Baseline;
+    if n == 1 {
+        let (r0, r1) = (g0 * packed::GROUP, (g1 * packed::GROUP).min(rows));
+        // SAFETY: rows `r0..r1` of the single output row are `out[r0..r1]`, inside the
+        // output (`rows` long); tasks own disjoint groups.
+        let o = unsafe { std::slice::from_raw_parts_mut(out.at(r0), r1 - r0) };
+        return w.dot_rows(g0, &io.acts[0], simd, o);
+    }
     let mut res = [0.0f32; packed::GROUP * packed::MAX_TOKENS];
     for t0 in (0..n).step_by(TOKEN_TILE) {
         let tile = &io.acts[t0..(t0 + TOKEN_TILE).min(n)];

@@ -147,6 +147,61 @@ impl PackedMatrix {
         self.dot_group_with(simd, g, acts, out)
     }
 
+    /// Dot products of groups `g0..` with one activation row (a decode step): rows
+    /// `8 * g0 .. 8 * g0 + out.len()` (whole groups, the matrix's last group may be
+    /// partial), each as [`dot_reference`]. One call covers a task's groups, so the
+    /// per-call checks and dispatch are paid once.
+    pub fn dot_rows(&self, g0: usize, acts: &[Q8Block], use_simd: bool, out: &mut [f32]) {
+        let r0 = g0 * GROUP;
+        assert!(r0 + out.len() <= self.rows && acts.len() >= self.nb);
+        assert!(out.len().is_multiple_of(GROUP) || r0 + out.len() == self.rows);
+        #[cfg(target_arch = "x86_64")]
+        let simd = if use_simd { Simd::detect() } else { None };
+        #[cfg(not(target_arch = "x86_64"))]
+        let simd = None;
+        let _ = use_simd;
+        let gb = Self::block_bytes(self.dtype);
+        let mut tail = [0.0f32; GROUP];
+        for (k, o) in out.chunks_mut(GROUP).enumerate() {
+            let g = g0 + k;
+            let dst: &mut [f32] = if o.len() == GROUP { o } else { &mut tail };
+            #[cfg(target_arch = "x86_64")]
+            if let Some(simd) = simd {
+                let blocks = &self.data[g * self.nb * gb..(g + 1) * self.nb * gb];
+                let a = [acts];
+                // SAFETY: `simd` is a kernel whose features `Simd::detect` found; group
+                // `g` exists (asserted above) and its `nb` blocks are `blocks`; `acts`
+                // holds at least `nb` blocks; `dst` holds eight values.
+                unsafe {
+                    match (simd, self.dtype) {
+                        (Simd::Vnni, DType::Q4_0) => {
+                            group_vnni::<FMT_Q4_0, 1>(blocks, self.nb, &a, dst)
+                        }
+                        (Simd::Vnni, DType::Q4_1) => {
+                            group_vnni::<FMT_Q4_1, 1>(blocks, self.nb, &a, dst)
+                        }
+                        (Simd::Vnni, _) => group_vnni::<FMT_Q8_0, 1>(blocks, self.nb, &a, dst),
+                        (Simd::Avx2, DType::Q4_0) => {
+                            group_avx2::<FMT_Q4_0, 1>(blocks, self.nb, &a, dst)
+                        }
+                        (Simd::Avx2, DType::Q4_1) => {
+                            group_avx2::<FMT_Q4_1, 1>(blocks, self.nb, &a, dst)
+                        }
+                        (Simd::Avx2, _) => group_avx2::<FMT_Q8_0, 1>(blocks, self.nb, &a, dst),
+                    }
+                }
+            } else {
+                self.dot_group_with(None, g, &[acts], dst);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            self.dot_group_with(simd, g, &[acts], dst);
+            let live = o.len();
+            if live < GROUP {
+                o.copy_from_slice(&tail[..live]);
+            }
+        }
+    }
+
     fn dot_group_with(&self, simd: Option<Simd>, g: usize, acts: &[&[Q8Block]], out: &mut [f32]) {
         let nt = acts.len();
         assert!(g < self.groups() && (1..=MAX_TOKENS).contains(&nt));
@@ -492,6 +547,15 @@ mod tests {
                             }
                         }
                     }
+                }
+            }
+            // One token over all groups at once (the decode path), partial group included.
+            for simd in [false, true] {
+                let mut out = vec![f32::NAN; rows - GROUP];
+                packed.dot_rows(1, &acts[0], simd, &mut out);
+                for (i, v) in out.iter().enumerate() {
+                    let row = &src[(GROUP + i) * row_bytes..][..row_bytes];
+                    assert_eq!(v.to_bits(), dot_reference(dtype, row, &acts[0]).to_bits());
                 }
             }
             // The reference against f64 arithmetic on the dequantized values.
