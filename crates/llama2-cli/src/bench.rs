@@ -50,7 +50,9 @@ enum Format {
     Json,
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// The median of `v` (which keeps its order).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 {
@@ -127,7 +129,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 speeds.iter().copied().fold(f64::INFINITY, f64::min),
                 speeds.iter().copied().fold(0.0, f64::max),
             );
-            let med = median(&mut speeds);
+            let med = median(&speeds);
             let test = format!("{kind}{n}");
             if a.output == Format::Md {
                 println!(
@@ -137,7 +139,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }
             rows.push(json!({
                 "model": path, "size_bytes": size, "threads": t, "test": test,
-                "n_tokens": n, "repetitions": a.repetitions, "tokens_per_s": speeds,
+                "n_tokens": n, "repetitions": a.repetitions,
+                // In the order the repetitions ran.
+                "tokens_per_s": speeds,
                 "median": med, "stddev": sd, "min": min, "max": max,
             }));
         }
