@@ -300,28 +300,21 @@ impl SplitQ4_1 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_avx2(
-    w: &SplitQ4_1,
-    r0: usize,
-    acts: &[Q8Block],
-    scales: &ActScales,
-    out: &mut [f32],
-) {
-    for (i, o) in out.iter_mut().enumerate() {
-        let row = w.row(r0 + i);
-        tile::<false, 1, 1>(
-            &[row; MAX_ROWS],
-            w.nb,
-            &[acts],
-            &[scales],
-            std::slice::from_mut(o),
-        );
-    }
+unsafe fn rows_avx2(w: &SplitQ4_1, r0: usize, a: &[Q8Block], s: &ActScales, out: &mut [f32]) {
+    rows::<false>(w, r0, a, s, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn rows_vnni(
+unsafe fn rows_vnni(w: &SplitQ4_1, r0: usize, a: &[Q8Block], s: &ActScales, out: &mut [f32]) {
+    rows::<true>(w, r0, a, s, out)
+}
+
+/// One token against consecutive rows, one row per tile (compiled into each wrapper
+/// above with its instruction set).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn rows<const VNNI: bool>(
     w: &SplitQ4_1,
     r0: usize,
     acts: &[Q8Block],
@@ -330,13 +323,8 @@ unsafe fn rows_vnni(
 ) {
     for (i, o) in out.iter_mut().enumerate() {
         let row = w.row(r0 + i);
-        tile::<true, 1, 1>(
-            &[row; MAX_ROWS],
-            w.nb,
-            &[acts],
-            &[scales],
-            std::slice::from_mut(o),
-        );
+        let one = std::slice::from_mut(o);
+        tile::<VNNI, 1, 1>(&[row; MAX_ROWS], w.nb, &[acts], &[scales], one);
     }
 }
 
