@@ -65,7 +65,7 @@ impl Matrix {
     fn repacked(&self, pool: &WorkerPool) -> &Repacked {
         self.repacked.get_or_init(|| {
             let (dtype, bytes) = (self.dtype(), self.tensor.bytes());
-            let packed = packed::used_for(dtype)
+            let packed = packed::supports(dtype)
                 .then(|| packed::PackedMatrix::pack(dtype, bytes, self.rows, self.cols, pool))
                 .flatten();
             let repacked = match packed {
@@ -153,7 +153,8 @@ pub enum Precision {
     /// llama.cpp's arithmetic: for Q8_0, Q4_0 and Q4_1 weights, activations are
     /// quantized to 8-bit blocks and multiplied as integers. Q4_0 and Q8_0 weights are
     /// interleaved at first use and summed per block as llama.cpp's repacked kernels do
-    /// ([`packed`]); Q4_1 keeps its file layout and llama.cpp's `vec_dot` lanes ([`qdot`]).
+    /// ([`packed`]); Q4_1 keeps llama.cpp's `vec_dot` lane arithmetic, its rows split into
+    /// quants, scales and minimums ([`qdot`]).
     #[default]
     Fast,
     /// Weights dequantized to f32 and multiplied with f32 activations (the
@@ -246,6 +247,7 @@ pub fn matmul_group(
         Vec::new()
     };
     let io = Inputs {
+        isa: Isa::detect(),
         x,
         cols,
         n,
@@ -285,6 +287,8 @@ struct Plan<'a> {
 
 /// The activations of a [`matmul_group`], as each kernel wants them.
 struct Inputs<'a> {
+    /// The instruction set, detected once per operation.
+    isa: Isa,
     x: &'a [f32],
     cols: usize,
     /// Activation rows (tokens).
@@ -301,7 +305,6 @@ const TOKEN_TILE: usize = 64;
 /// Rows `r0..r1` of a float (or dequantized) product.
 fn float_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut) {
     let (rows, cols) = (w.rows, io.cols);
-    let isa = Isa::detect();
     let mut wbuf = vec![0.0f32; ROW_BLOCK * cols];
     let mut res = [0.0f32; ROW_BLOCK];
     let mut r = r0;
@@ -310,7 +313,7 @@ fn float_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut)
         convert::to_f32(w.dtype(), w.row_bytes(r, r + nb), &mut wbuf[..nb * cols]);
         for t in 0..io.n {
             let xt = &io.x[t * cols..(t + 1) * cols];
-            dot::dot_rows(isa, &wbuf[..nb * cols], cols, xt, &mut res[..nb]);
+            dot::dot_rows(io.isa, &wbuf[..nb * cols], cols, xt, &mut res[..nb]);
             for (i, v) in res[..nb].iter().enumerate() {
                 // SAFETY: `t < n` and `r + i < r1 <= rows`, so the index is inside the
                 // output (n * rows long); tasks own disjoint row ranges, so no two
@@ -325,7 +328,7 @@ fn float_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut)
 /// Rows `r0..r1` of a Q4_1 product: tiles of weight rows meet the tokens four at a time.
 fn q4_1_task(w: &qdot::SplitQ4_1, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut) {
     let (rows, n) = (w.rows(), io.n);
-    let simd = Isa::detect() != Isa::Baseline;
+    let simd = io.isa != Isa::Baseline;
     // Weight rows per kernel call, as measured fastest (`examples/kernel_speed`): one
     // for a single token (more rows mean more memory streams and spilled state and
     // measured slower), two for token groups (each weight unpack serves 8 products).
@@ -377,7 +380,7 @@ fn quantize_rows(x: &[f32], cols: usize) -> Vec<Vec<qdot::Q8Block>> {
 /// the tokens four at a time.
 fn packed_task(w: &packed::PackedMatrix, io: &Inputs<'_>, g0: usize, g1: usize, out: SharedOut) {
     let (rows, n) = (w.rows(), io.n);
-    let simd = Isa::detect() != Isa::Baseline;
+    let simd = io.isa != Isa::Baseline;
     if n == 1 {
         let (r0, r1) = (g0 * packed::GROUP, (g1 * packed::GROUP).min(rows));
         // SAFETY: rows `r0..r1` of the single output row are `out[r0..r1]`, inside the
@@ -628,6 +631,20 @@ fn attend_generic(
             *o += p * vv;
         }
     }
+}
+
+/// Deterministic pseudo-random test values in [-2, 2) (an LCG), shared by the kernel tests.
+#[cfg(test)]
+fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        })
+        .collect()
 }
 
 #[cfg(test)]

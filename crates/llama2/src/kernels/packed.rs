@@ -1,4 +1,4 @@
-//! Q4_0, Q4_1 and Q8_0 weights repacked into groups of eight interleaved rows, and the
+//! Q4_0 and Q8_0 weights repacked into groups of eight interleaved rows, and the
 //! integer kernels over them.
 //!
 //! In the file layout each row's blocks lie one after another, so an 8-bit dot product
@@ -8,15 +8,14 @@
 //! and eight rows finish a block in a handful of instructions. This is the layout of
 //! llama.cpp's repacked x86 path (`q4_0_8x8`), and the arithmetic is the same as
 //! there: per row and block an exact integer sum `s`, then `acc = fma(s, d_w * d_a, acc)`
-//! in f32, blocks in order. Q4_1's minimums add `m_w * s_a` per block to a second sum
-//! (`s_a` the activation block's f16 `d_a * sum(y)`, as ggml's Q8_1), added at the end
-//! as llama.cpp's `vec_dot_q4_1_q8_1` does.
+//! in f32, blocks in order. (Q4_1 is not repacked, in llama.cpp nor here: with per-block
+//! sums SmolLM2's greedy tokens leave llama.cpp's, measured on the parity fixtures; it
+//! keeps llama.cpp's `vec_dot` lane arithmetic in [`super::qdot`].)
 //!
 //! Layout, per group of eight rows and per 32-value block: the eight f16 scales (16
-//! bytes; for Q4_1 then the eight f16 minimums), then chunks of 32 bytes where chunk `j`
-//! holds bytes `4j..4j+4` of each row's quants, row `r` at offset `4r`. Q4_0 and Q4_1
-//! have 16 quant bytes per block (4 chunks; byte `i` holds values `i` and `i + 16` in its
-//! low and high nibble), Q8_0 has 32 (8 chunks).
+//! bytes), then chunks of 32 bytes where chunk `j` holds bytes `4j..4j+4` of each row's
+//! quants, row `r` at offset `4r`. Q4_0 has 16 quant bytes per block (4 chunks; byte `i`
+//! holds values `i` and `i + 16` in its low and high nibble), Q8_0 has 32 (8 chunks).
 //! Rows past the last are zero (they compute zeros that are never written out).
 
 use super::pool::WorkerPool;
@@ -32,14 +31,6 @@ pub const MAX_TOKENS: usize = 4;
 
 /// True for the weight types stored interleaved for the integer kernels.
 pub fn supports(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0)
-}
-
-/// True for the weight types the forward pass multiplies in this layout. Q4_1 stays in
-/// its file layout with llama.cpp's `vec_dot` lane arithmetic ([`super::qdot`]): llama.cpp
-/// does not repack it, and SmolLM2's greedy outputs are sensitive enough that the
-/// per-block sums move them off llama.cpp's (measured: the parity fixtures fail).
-pub fn used_for(dtype: DType) -> bool {
     matches!(dtype, DType::Q4_0 | DType::Q8_0)
 }
 
@@ -51,15 +42,10 @@ const fn quant_bytes(dtype: DType) -> usize {
     }
 }
 
-/// Bytes of f16 parameters per block of one row (scale, and Q4_1's minimum).
-const fn param_bytes(dtype: DType) -> usize {
-    match dtype {
-        DType::Q4_1 => 4,
-        _ => 2,
-    }
-}
+/// Bytes of the f16 scales that start a group's block.
+const SCALES: usize = 2 * GROUP;
 
-/// A Q4_0, Q4_1 or Q8_0 matrix `[rows, cols]` in the interleaved layout.
+/// A Q4_0 or Q8_0 matrix `[rows, cols]` in the interleaved layout.
 #[derive(Debug)]
 pub struct PackedMatrix {
     dtype: DType,
@@ -70,9 +56,9 @@ pub struct PackedMatrix {
 }
 
 impl PackedMatrix {
-    /// Bytes of one group's block: eight rows' parameters, then their quants.
+    /// Bytes of one group's block: eight rows' scales, then their quants.
     const fn block_bytes(dtype: DType) -> usize {
-        GROUP * (param_bytes(dtype) + quant_bytes(dtype))
+        SCALES + GROUP * quant_bytes(dtype)
     }
 
     /// Repacks `rows` rows of `cols` values stored in ggml's layout (`src`, row-major),
@@ -91,7 +77,7 @@ impl PackedMatrix {
             return None;
         }
         let nb = cols / QK;
-        let (qb, pb, bb) = (quant_bytes(dtype), param_bytes(dtype), dtype.block_bytes());
+        let (qb, bb) = (quant_bytes(dtype), dtype.block_bytes());
         let gb = Self::block_bytes(dtype);
         let row_bytes = nb * bb;
         let groups = rows.div_ceil(GROUP);
@@ -106,11 +92,8 @@ impl PackedMatrix {
                 for (b, blk) in row.chunks_exact(bb).enumerate() {
                     let out = &mut dst[b * gb..(b + 1) * gb];
                     out[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
-                    if pb == 4 {
-                        out[2 * GROUP + 2 * r..2 * GROUP + 2 * r + 2].copy_from_slice(&blk[2..4]);
-                    }
-                    for (j, four) in blk[pb..pb + qb].chunks_exact(4).enumerate() {
-                        let at = pb * GROUP + j * 4 * GROUP + 4 * r;
+                    for (j, four) in blk[2..2 + qb].chunks_exact(4).enumerate() {
+                        let at = SCALES + j * 4 * GROUP + 4 * r;
                         out[at..at + 4].copy_from_slice(four);
                     }
                 }
@@ -160,42 +143,11 @@ impl PackedMatrix {
         #[cfg(not(target_arch = "x86_64"))]
         let simd = None;
         let _ = use_simd;
-        let gb = Self::block_bytes(self.dtype);
         let mut tail = [0.0f32; GROUP];
         for (k, o) in out.chunks_mut(GROUP).enumerate() {
-            let g = g0 + k;
-            let dst: &mut [f32] = if o.len() == GROUP { o } else { &mut tail };
-            #[cfg(target_arch = "x86_64")]
-            if let Some(simd) = simd {
-                let blocks = &self.data[g * self.nb * gb..(g + 1) * self.nb * gb];
-                let a = [acts];
-                // SAFETY: `simd` is a kernel whose features `Simd::detect` found; group
-                // `g` exists (asserted above) and its `nb` blocks are `blocks`; `acts`
-                // holds at least `nb` blocks; `dst` holds eight values.
-                unsafe {
-                    match (simd, self.dtype) {
-                        (Simd::Vnni, DType::Q4_0) => {
-                            group_vnni::<FMT_Q4_0, 1>(blocks, self.nb, &a, dst)
-                        }
-                        (Simd::Vnni, DType::Q4_1) => {
-                            group_vnni::<FMT_Q4_1, 1>(blocks, self.nb, &a, dst)
-                        }
-                        (Simd::Vnni, _) => group_vnni::<FMT_Q8_0, 1>(blocks, self.nb, &a, dst),
-                        (Simd::Avx2, DType::Q4_0) => {
-                            group_avx2::<FMT_Q4_0, 1>(blocks, self.nb, &a, dst)
-                        }
-                        (Simd::Avx2, DType::Q4_1) => {
-                            group_avx2::<FMT_Q4_1, 1>(blocks, self.nb, &a, dst)
-                        }
-                        (Simd::Avx2, _) => group_avx2::<FMT_Q8_0, 1>(blocks, self.nb, &a, dst),
-                    }
-                }
-            } else {
-                self.dot_group_with(None, g, &[acts], dst);
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            self.dot_group_with(simd, g, &[acts], dst);
             let live = o.len();
+            let dst: &mut [f32] = if live == GROUP { o } else { &mut tail };
+            self.dot_group_with(simd, g0 + k, &[acts], dst);
             if live < GROUP {
                 o.copy_from_slice(&tail[..live]);
             }
@@ -211,26 +163,25 @@ impl PackedMatrix {
         #[cfg(target_arch = "x86_64")]
         if let Some(simd) = simd {
             macro_rules! go {
-                ($f:ident, $fmt:expr) => {
+                ($f:ident, $q4:expr) => {
                     match nt {
                         // SAFETY: `simd` is only ever a kernel whose features
                         // `Simd::detect`/`Simd::available` found; `blocks` holds `nb` group
                         // blocks and every activation row `nb` blocks (asserted above),
                         // which is all the kernel reads.
-                        1 => unsafe { $f::<{ $fmt }, 1>(blocks, self.nb, acts, out) },
-                        2 => unsafe { $f::<{ $fmt }, 2>(blocks, self.nb, acts, out) },
-                        3 => unsafe { $f::<{ $fmt }, 3>(blocks, self.nb, acts, out) },
-                        _ => unsafe { $f::<{ $fmt }, 4>(blocks, self.nb, acts, out) },
+                        1 => unsafe { $f::<{ $q4 }, 1>(blocks, self.nb, acts, out) },
+                        2 => unsafe { $f::<{ $q4 }, 2>(blocks, self.nb, acts, out) },
+                        3 => unsafe { $f::<{ $q4 }, 3>(blocks, self.nb, acts, out) },
+                        _ => unsafe { $f::<{ $q4 }, 4>(blocks, self.nb, acts, out) },
                     }
                 };
             }
-            match (simd, self.dtype) {
-                (Simd::Vnni, DType::Q4_0) => go!(group_vnni, FMT_Q4_0),
-                (Simd::Vnni, DType::Q4_1) => go!(group_vnni, FMT_Q4_1),
-                (Simd::Vnni, _) => go!(group_vnni, FMT_Q8_0),
-                (Simd::Avx2, DType::Q4_0) => go!(group_avx2, FMT_Q4_0),
-                (Simd::Avx2, DType::Q4_1) => go!(group_avx2, FMT_Q4_1),
-                (Simd::Avx2, _) => go!(group_avx2, FMT_Q8_0),
+            let q4 = self.dtype == DType::Q4_0;
+            match (simd, q4) {
+                (Simd::Vnni, true) => go!(group_vnni, true),
+                (Simd::Vnni, false) => go!(group_vnni, false),
+                (Simd::Avx2, true) => go!(group_avx2, true),
+                (Simd::Avx2, false) => go!(group_avx2, false),
             }
             return;
         }
@@ -240,87 +191,57 @@ impl PackedMatrix {
     /// The portable kernel: the same sums as [`dot_reference`], read from the packed
     /// layout.
     fn dot_group_portable(&self, blocks: &[u8], acts: &[&[Q8Block]], out: &mut [f32]) {
-        let dtype = self.dtype;
-        let (gb, qb, pb) = (
-            Self::block_bytes(dtype),
-            quant_bytes(dtype),
-            param_bytes(dtype),
-        );
-        let f16_at = |b: &[u8], at: usize| f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]]));
+        let (gb, qb) = (Self::block_bytes(self.dtype), quant_bytes(self.dtype));
         for (t, a) in acts.iter().enumerate() {
             for r in 0..GROUP {
-                let (mut acc, mut summs) = (0.0f32, 0.0f32);
+                let mut acc = 0.0f32;
                 for (b, blk) in blocks.chunks_exact(gb).enumerate() {
-                    let q = |i: usize| blk[pb * GROUP + (i / 4) * 4 * GROUP + 4 * r + i % 4];
+                    let q = |i: usize| blk[SCALES + (i / 4) * 4 * GROUP + 4 * r + i % 4];
                     let y = &a[b].qs;
-                    let sum: i32 = match dtype {
-                        DType::Q8_0 => (0..qb).map(|i| q(i) as i8 as i32 * y[i] as i32).sum(),
-                        _ => {
-                            let off = if dtype == DType::Q4_0 { 8 } else { 0 };
-                            (0..qb)
-                                .map(|i| {
-                                    ((q(i) & 0x0f) as i32 - off) * y[i] as i32
-                                        + ((q(i) >> 4) as i32 - off) * y[i + 16] as i32
-                                })
-                                .sum()
-                        }
+                    let sum: i32 = if self.dtype == DType::Q4_0 {
+                        (0..qb)
+                            .map(|i| {
+                                ((q(i) & 0x0f) as i32 - 8) * y[i] as i32
+                                    + ((q(i) >> 4) as i32 - 8) * y[i + 16] as i32
+                            })
+                            .sum()
+                    } else {
+                        (0..qb).map(|i| q(i) as i8 as i32 * y[i] as i32).sum()
                     };
-                    acc = (sum as f32).mul_add(f16_at(blk, 2 * r).to_f32() * a[b].d, acc);
-                    if dtype == DType::Q4_1 {
-                        summs += f16_at(blk, 2 * GROUP + 2 * r).to_f32() * a[b].s;
-                    }
+                    acc = (sum as f32).mul_add(f16_at(blk, 2 * r) * a[b].d, acc);
                 }
-                out[t * GROUP + r] = acc + summs;
+                out[t * GROUP + r] = acc;
             }
         }
     }
 }
 
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
 /// The defining arithmetic on one row in ggml's layout: per block the exact integer
-/// dot product of the weight quants and 8-bit activations, `acc = fma(sum, d_w * d_a,
-/// acc)`; for Q4_1 also `summs += m_w * s_a`; the result is `acc + summs`.
+/// dot product of the weight quants and 8-bit activations, then
+/// `acc = fma(sum, d_w * d_a, acc)`.
 pub fn dot_reference(dtype: DType, row: &[u8], acts: &[Q8Block]) -> f32 {
     assert!(supports(dtype));
-    let f16_at = |b: &[u8], at: usize| f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]]));
-    let pb = param_bytes(dtype);
-    let (mut acc, mut summs) = (0.0f32, 0.0f32);
+    let mut acc = 0.0f32;
     for (blk, a) in row.chunks_exact(dtype.block_bytes()).zip(acts) {
         let w = |i: usize| -> i32 {
             if dtype == DType::Q8_0 {
                 return blk[2 + i] as i8 as i32;
             }
-            let byte = blk[pb + i % 16];
-            let u = (if i < 16 { byte & 0x0f } else { byte >> 4 }) as i32;
-            if dtype == DType::Q4_0 {
-                u - 8
-            } else {
-                u
-            }
+            let byte = blk[2 + i % 16];
+            (if i < 16 { byte & 0x0f } else { byte >> 4 }) as i32 - 8
         };
         let sum: i32 = (0..QK).map(|i| w(i) * a.qs[i] as i32).sum();
-        acc = (sum as f32).mul_add(f16_at(blk, 0).to_f32() * a.d, acc);
-        if dtype == DType::Q4_1 {
-            summs += f16_at(blk, 2).to_f32() * a.s;
-        }
+        acc = (sum as f32).mul_add(f16_at(blk, 0) * a.d, acc);
     }
-    acc + summs
+    acc
 }
 
 /// Blocks ahead of use that the kernels ask the memory system for.
 const PREFETCH: usize = 4;
-
-/// Weight formats as const-generic tags of the SIMD kernels.
-const FMT_Q4_0: u8 = 0;
-const FMT_Q4_1: u8 = 1;
-const FMT_Q8_0: u8 = 2;
-
-const fn fmt_dtype(f: u8) -> DType {
-    match f {
-        FMT_Q4_0 => DType::Q4_0,
-        FMT_Q4_1 => DType::Q4_1,
-        _ => DType::Q8_0,
-    }
-}
 
 /// Broadcast of activation bytes `4j..4j+4` of one block.
 #[cfg(target_arch = "x86_64")]
@@ -331,156 +252,117 @@ unsafe fn act4(a: &Q8Block, j: usize) -> std::arch::x86_64::__m256i {
     _mm256_set1_epi32((a.qs.as_ptr().add(4 * j) as *const i32).read_unaligned())
 }
 
-/// The float part shared by the kernels: `acc = fma(isum, d_w * d_a, acc)` per row, and
-/// for Q4_1 `summs += m_w * s_a`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn accumulate<const F: u8, const T: usize>(
-    p: *const u8,
-    a: &[&Q8Block; T],
-    isum: &[std::arch::x86_64::__m256i; T],
-    acc: &mut [std::arch::x86_64::__m256; T],
-    summs: &mut [std::arch::x86_64::__m256; T],
-) {
-    use std::arch::x86_64::*;
-    // SAFETY (caller): `p` starts a group block, whose first 16 bytes are the scales
-    // and, for Q4_1, the next 16 the minimums.
-    let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-    for t in 0..T {
-        let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a[t].d));
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), scale, acc[t]);
-    }
-    if F == FMT_Q4_1 {
-        let mw = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i));
-        for t in 0..T {
-            summs[t] = _mm256_add_ps(summs[t], _mm256_mul_ps(mw, _mm256_set1_ps(a[t].s)));
-        }
-    }
-}
-
-/// AVX2 kernel for one group and `T` tokens. Integer sums: the 4-bit formats as
-/// `sum(u * y)` over the unsigned nibbles `u` (the `vpmaddubsw` pair sums, at most
-/// 2 * 15 * 127 each, add up in 16 bits without overflow over the 8 chunk halves),
-/// minus `8 * sum(y)` for Q4_0; Q8_0 with the sign trick (`|w| * sign(y, w)`) and
-/// 32-bit sums per chunk.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn group_avx2<const F: u8, const T: usize>(
+unsafe fn group_avx2<const Q4: bool, const T: usize>(
+    blocks: &[u8],
+    nb: usize,
+    acts: &[&[Q8Block]],
+    out: &mut [f32],
+) {
+    group::<false, Q4, T>(blocks, nb, acts, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn group_vnni<const Q4: bool, const T: usize>(
+    blocks: &[u8],
+    nb: usize,
+    acts: &[&[Q8Block]],
+    out: &mut [f32],
+) {
+    group::<true, Q4, T>(blocks, nb, acts, out)
+}
+
+/// One group of eight rows against `T` tokens (Q4_0 if `Q4`, else Q8_0), compiled into
+/// each wrapper above with its instruction set. Integer sums per row and block:
+/// - VNNI: one `vpdpbusd` per chunk, starting from the offset correction: Q4_0
+///   `sum(u * y) - 8 * sum(y)` over the unsigned nibbles `u`, Q8_0
+///   `sum((w + 128) * y) - 128 * sum(y)` (`w + 128` is `w ^ 0x80` as an unsigned byte).
+/// - AVX2: Q4_0 `vpmaddubsw` pair sums of `u * y` (at most 2 * 15 * 127 each, so the 8
+///   chunk halves add up in 16 bits without overflow), then `vpmaddwd`, minus
+///   `8 * sum(y)`; Q8_0 with the sign trick (`|w| * sign(y, w)`), 32-bit sums per chunk.
+///
+/// Then `acc = fma(sum, d_w * d_a, acc)` per row, as [`dot_reference`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn group<const VNNI: bool, const Q4: bool, const T: usize>(
     blocks: &[u8],
     nb: usize,
     acts: &[&[Q8Block]],
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let dtype = fmt_dtype(F);
-    let (gb, q0) = (PackedMatrix::block_bytes(dtype), GROUP * param_bytes(dtype));
+    let dtype = if Q4 { DType::Q4_0 } else { DType::Q8_0 };
+    let gb = PackedMatrix::block_bytes(dtype);
     let low = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(-128);
+    let offset = if Q4 { 8 } else { 128 };
     let mut acc = [_mm256_setzero_ps(); T];
-    let mut summs = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let p = blocks.as_ptr().add(b * gb);
         // Hint the stream a few blocks ahead (a hint: no fault even past the end).
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH * gb) as *const i8);
         let a: [&Q8Block; T] = std::array::from_fn(|t| acts[t].get_unchecked(b));
         let mut isum = [_mm256_setzero_si256(); T];
-        if F == FMT_Q8_0 {
-            for j in 0..8 {
-                let w = _mm256_loadu_si256(p.add(q0 + 32 * j) as *const __m256i);
-                let aw = _mm256_sign_epi8(w, w);
-                for t in 0..T {
-                    let sy = _mm256_sign_epi8(act4(a[t], j), w);
-                    let pair = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sy), ones);
-                    isum[t] = _mm256_add_epi32(isum[t], pair);
-                }
-            }
-        } else {
+        if Q4 {
             let mut s16 = [_mm256_setzero_si256(); T];
+            if VNNI {
+                isum = std::array::from_fn(|t| _mm256_set1_epi32(-offset * a[t].sum));
+            }
             for j in 0..4 {
-                let q = _mm256_loadu_si256(p.add(q0 + 32 * j) as *const __m256i);
+                // SAFETY: the block's 4 chunks of 32 quant bytes follow its scales.
+                let q = _mm256_loadu_si256(p.add(SCALES + 32 * j) as *const __m256i);
                 let lo = _mm256_and_si256(q, low);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
                 for t in 0..T {
-                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(lo, act4(a[t], j)));
-                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(hi, act4(a[t], j + 4)));
+                    let (ylo, yhi) = (act4(a[t], j), act4(a[t], j + 4));
+                    if VNNI {
+                        isum[t] = _mm256_dpbusd_epi32(isum[t], lo, ylo);
+                        isum[t] = _mm256_dpbusd_epi32(isum[t], hi, yhi);
+                    } else {
+                        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(lo, ylo));
+                        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(hi, yhi));
+                    }
                 }
             }
-            for t in 0..T {
-                isum[t] = _mm256_madd_epi16(s16[t], ones);
-                if F == FMT_Q4_0 {
-                    isum[t] = _mm256_sub_epi32(isum[t], _mm256_set1_epi32(8 * a[t].sum));
+            if !VNNI {
+                for t in 0..T {
+                    let ysum = _mm256_set1_epi32(offset * a[t].sum);
+                    isum[t] = _mm256_sub_epi32(_mm256_madd_epi16(s16[t], ones), ysum);
                 }
             }
-        }
-        accumulate::<F, T>(p, &a, &isum, &mut acc, &mut summs);
-    }
-    for t in 0..T {
-        let v = if F == FMT_Q4_1 {
-            _mm256_add_ps(acc[t], summs[t])
         } else {
-            acc[t]
-        };
-        _mm256_storeu_ps(out.as_mut_ptr().add(t * GROUP), v);
-    }
-}
-
-/// AVX-512 VNNI kernel (256-bit `vpdpbusd`): the integer sums in one instruction per
-/// chunk, starting from the offset correction: Q4_0 `sum(u * y) - 8 * sum(y)`, Q4_1
-/// `sum(u * y)`, Q8_0 `sum((w + 128) * y) - 128 * sum(y)` (`w + 128` is `w ^ 0x80` as
-/// an unsigned byte).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn group_vnni<const F: u8, const T: usize>(
-    blocks: &[u8],
-    nb: usize,
-    acts: &[&[Q8Block]],
-    out: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let dtype = fmt_dtype(F);
-    let (gb, q0) = (PackedMatrix::block_bytes(dtype), GROUP * param_bytes(dtype));
-    let low = _mm256_set1_epi8(0x0f);
-    let flip = _mm256_set1_epi8(-128);
-    let offset = match F {
-        FMT_Q4_0 => 8,
-        FMT_Q4_1 => 0,
-        _ => 128,
-    };
-    let mut acc = [_mm256_setzero_ps(); T];
-    let mut summs = [_mm256_setzero_ps(); T];
-    for b in 0..nb {
-        let p = blocks.as_ptr().add(b * gb);
-        // Hint the stream a few blocks ahead (a hint: no fault even past the end).
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH * gb) as *const i8);
-        let a: [&Q8Block; T] = std::array::from_fn(|t| acts[t].get_unchecked(b));
-        let mut isum: [__m256i; T] = std::array::from_fn(|t| _mm256_set1_epi32(-offset * a[t].sum));
-        if F == FMT_Q8_0 {
+            if VNNI {
+                isum = std::array::from_fn(|t| _mm256_set1_epi32(-offset * a[t].sum));
+            }
             for j in 0..8 {
-                let w = _mm256_loadu_si256(p.add(q0 + 32 * j) as *const __m256i);
-                let u = _mm256_xor_si256(w, flip);
-                for t in 0..T {
-                    isum[t] = _mm256_dpbusd_epi32(isum[t], u, act4(a[t], j));
-                }
-            }
-        } else {
-            for j in 0..4 {
-                let q = _mm256_loadu_si256(p.add(q0 + 32 * j) as *const __m256i);
-                let lo = _mm256_and_si256(q, low);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
-                for t in 0..T {
-                    isum[t] = _mm256_dpbusd_epi32(isum[t], lo, act4(a[t], j));
-                    isum[t] = _mm256_dpbusd_epi32(isum[t], hi, act4(a[t], j + 4));
+                // SAFETY: the block's 8 chunks of 32 quant bytes follow its scales.
+                let w = _mm256_loadu_si256(p.add(SCALES + 32 * j) as *const __m256i);
+                if VNNI {
+                    let u = _mm256_xor_si256(w, flip);
+                    for t in 0..T {
+                        isum[t] = _mm256_dpbusd_epi32(isum[t], u, act4(a[t], j));
+                    }
+                } else {
+                    let aw = _mm256_sign_epi8(w, w);
+                    for t in 0..T {
+                        let sy = _mm256_sign_epi8(act4(a[t], j), w);
+                        let pair = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sy), ones);
+                        isum[t] = _mm256_add_epi32(isum[t], pair);
+                    }
                 }
             }
         }
-        accumulate::<F, T>(p, &a, &isum, &mut acc, &mut summs);
+        // SAFETY: the block starts with the eight rows' f16 scales (16 bytes).
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+        for t in 0..T {
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a[t].d));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), scale, acc[t]);
+        }
     }
-    for t in 0..T {
-        let v = if F == FMT_Q4_1 {
-            _mm256_add_ps(acc[t], summs[t])
-        } else {
-            acc[t]
-        };
+    for (t, v) in acc.into_iter().enumerate() {
         _mm256_storeu_ps(out.as_mut_ptr().add(t * GROUP), v);
     }
 }
@@ -490,24 +372,14 @@ mod tests {
     use super::*;
     use crate::kernels::{qdot, quant};
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
-            })
-            .collect()
-    }
+    use crate::kernels::test_values as values;
 
     /// Every kernel and tile size gives the bits of the reference on the unpacked rows,
     /// including the zero padding rows of a partial last group; and the reference is
     /// the exact dot of dequantized weights and activations up to f32 rounding.
     #[test]
     fn packed_kernels_match_the_reference_bit_for_bit() {
-        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        for dtype in [DType::Q4_0, DType::Q8_0] {
             let (rows, cols) = (21, 32 * 19);
             let mut src = Vec::new();
             quant::quantize(dtype, &values(rows * cols, 5), &mut src).unwrap();
@@ -561,25 +433,14 @@ mod tests {
             // The reference against f64 arithmetic on the dequantized values.
             let mut w = vec![0.0f32; cols];
             quant::dequantize(dtype, &src[..row_bytes], &mut w);
-            // Q4_1's minimum meets the activation sum as the f16 `s` (ggml's Q8_1).
-            let min = |blk: usize| -> f64 {
-                if dtype != DType::Q4_1 {
-                    return 0.0;
-                }
-                let at = blk * dtype.block_bytes() + 2;
-                f16::from_bits(u16::from_le_bytes([src[at], src[at + 1]])).to_f64()
-            };
             let exact: f64 = w
                 .iter()
                 .enumerate()
                 .map(|(i, v)| {
                     let a = &acts[0][i / QK];
-                    (*v as f64 - min(i / QK)) * a.qs[i % QK] as f64 * a.d as f64
+                    *v as f64 * a.qs[i % QK] as f64 * a.d as f64
                 })
-                .sum::<f64>()
-                + (0..cols / QK)
-                    .map(|b| min(b) * acts[0][b].s as f64)
-                    .sum::<f64>();
+                .sum();
             let got = dot_reference(dtype, &src[..row_bytes], &acts[0]) as f64;
             assert!(
                 (got - exact).abs() < 1e-4 * exact.abs().max(1.0),
@@ -593,7 +454,7 @@ mod tests {
         let pool = WorkerPool::new(1).unwrap();
         assert!(PackedMatrix::pack(DType::Q4_0, &[0; 18], 1, 32, &pool).is_some());
         assert!(PackedMatrix::pack(DType::Q4_0, &[0; 17], 1, 32, &pool).is_none());
-        assert!(PackedMatrix::pack(DType::Q4_1, &[0; 20], 1, 32, &pool).is_some());
+        assert!(PackedMatrix::pack(DType::Q4_1, &[0; 20], 1, 32, &pool).is_none());
         assert!(PackedMatrix::pack(DType::Q4_K, &[0; 144], 1, 256, &pool).is_none());
         assert!(PackedMatrix::pack(DType::Q8_0, &[0; 34], 1, 33, &pool).is_none());
     }

@@ -454,17 +454,7 @@ mod tests {
     use super::*;
     use crate::kernels::quant;
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
-            })
-            .collect()
-    }
+    use crate::kernels::test_values as values;
 
     #[test]
     fn activation_quantization_follows_ggml() {
