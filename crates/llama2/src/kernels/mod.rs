@@ -71,8 +71,8 @@ impl Matrix {
             let repacked = match packed {
                 Some(p) => Repacked::Interleaved(p),
                 None if dtype == DType::Q4_1 => {
-                    qdot::SplitQ4_1::pack(bytes, self.rows, self.cols, pool)
-                        .map_or(Repacked::None, Repacked::SplitQ4_1)
+                    qdot::InterleavedQ4_1::pack(bytes, self.rows, self.cols, pool)
+                        .map_or(Repacked::None, Repacked::Q4_1)
                 }
                 None => Repacked::None,
             };
@@ -94,8 +94,8 @@ impl Matrix {
 enum Repacked {
     /// Q4_0/Q8_0, eight rows interleaved ([`packed`]).
     Interleaved(packed::PackedMatrix),
-    /// Q4_1, each row's quants, scales and minimums apart ([`qdot`]).
-    SplitQ4_1(qdot::SplitQ4_1),
+    /// Q4_1, four rows interleaved ([`qdot`]).
+    Q4_1(qdot::InterleavedQ4_1),
     /// Types the integer kernels do not take.
     None,
 }
@@ -107,7 +107,7 @@ enum Repacked {
 enum IntSimd {
     /// AVX2, FMA and F16C.
     Avx2,
-    /// AVX2 plus AVX-512 VNNI on 256-bit registers (`vpdpbusd`).
+    /// AVX2 plus AVX-512 (F, BW, VL) with VNNI (`vpdpbusd`).
     Vnni,
 }
 
@@ -123,7 +123,7 @@ impl IntSimd {
         use std::arch::is_x86_feature_detected as has;
         if !(has!("avx2") && has!("fma") && has!("f16c")) {
             None
-        } else if has!("avx512vnni") && has!("avx512vl") {
+        } else if has!("avx512vnni") && has!("avx512vl") && has!("avx512bw") {
             Some(IntSimd::Vnni)
         } else {
             Some(IntSimd::Avx2)
@@ -153,8 +153,8 @@ pub enum Precision {
     /// llama.cpp's arithmetic: for Q8_0, Q4_0 and Q4_1 weights, activations are
     /// quantized to 8-bit blocks and multiplied as integers. Q4_0 and Q8_0 weights are
     /// interleaved at first use and summed per block as llama.cpp's repacked kernels do
-    /// ([`packed`]); Q4_1 keeps llama.cpp's `vec_dot` lane arithmetic, its rows split into
-    /// quants, scales and minimums ([`qdot`]).
+    /// ([`packed`]); Q4_1 keeps llama.cpp's `vec_dot` lane arithmetic, its rows interleaved
+    /// four at a time ([`qdot`]).
     #[default]
     Fast,
     /// Weights dequantized to f32 and multiplied with f32 activations (the
@@ -221,6 +221,10 @@ pub fn matmul_group(
                 let per = (rows_per_task(w.rows, threads) / packed::GROUP).max(1);
                 (p.groups(), per)
             }
+            Repacked::Q4_1(p) => {
+                let per = (rows_per_task(w.rows, threads) / qdot::GROUP).max(1);
+                (p.groups(), per)
+            }
             _ => (w.rows, rows_per_task(w.rows, threads)),
         };
         plans.push(Plan {
@@ -238,21 +242,12 @@ pub fn matmul_group(
     } else {
         Vec::new()
     };
-    let scales: Vec<qdot::ActScales> = if plans
-        .iter()
-        .any(|p| matches!(p.kind, Repacked::SplitQ4_1(_)))
-    {
-        acts.iter().map(|a| qdot::ActScales::of(a)).collect()
-    } else {
-        Vec::new()
-    };
     let io = Inputs {
         isa: Isa::detect(),
         x,
         cols,
         n,
         acts: &acts,
-        scales: &scales,
     };
     let total: usize = plans.iter().map(|p| p.tasks).sum();
     pool.run(total, &|mut task| {
@@ -264,8 +259,8 @@ pub fn matmul_group(
             let u0 = task * plan.per_task;
             let u1 = (u0 + plan.per_task).min(plan.units);
             match plan.kind {
-                Repacked::Interleaved(p) => packed_task(p, &io, u0, u1, plan.out),
-                Repacked::SplitQ4_1(sp) => q4_1_task(sp, &io, u0, u1, plan.out),
+                Repacked::Interleaved(p) => group_task(p, &io, u0, u1, plan.out),
+                Repacked::Q4_1(p) => group_task(p, &io, u0, u1, plan.out),
                 Repacked::None => float_task(plan.w, &io, u0, u1, plan.out),
             }
             return;
@@ -295,8 +290,6 @@ struct Inputs<'a> {
     n: usize,
     /// Each row quantized to 8-bit blocks (integer kernels only).
     acts: &'a [Vec<qdot::Q8Block>],
-    /// Their scales laid out for the Q4_1 kernel.
-    scales: &'a [qdot::ActScales],
 }
 
 /// Tokens per tile: the tile's activations stay in L2 while a task's rows stream.
@@ -325,46 +318,6 @@ fn float_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut)
     }
 }
 
-/// Rows `r0..r1` of a Q4_1 product: tiles of weight rows meet the tokens four at a time.
-fn q4_1_task(w: &qdot::SplitQ4_1, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut) {
-    let (rows, n) = (w.rows(), io.n);
-    let simd = io.isa != Isa::Baseline;
-    // Weight rows per kernel call, as measured fastest (`examples/kernel_speed`): one
-    // for a single token (more rows mean more memory streams and spilled state and
-    // measured slower), two for token groups (each weight unpack serves 8 products).
-    let row_block = if n == 1 { 1 } else { 2 };
-    if n == 1 {
-        // SAFETY: rows `r0..r1` of the single output row are `out[r0..r1]`, inside the
-        // output (`rows` long); tasks own disjoint row ranges.
-        let o = unsafe { std::slice::from_raw_parts_mut(out.at(r0), r1 - r0) };
-        return w.dot_rows(r0, &io.acts[0], &io.scales[0], simd, o);
-    }
-    let mut res = [0.0f32; qdot::MAX_ROWS * qdot::MAX_TOKENS];
-    for t0 in (0..n).step_by(TOKEN_TILE) {
-        let t1 = (t0 + TOKEN_TILE).min(n);
-        let mut r = r0;
-        while r < r1 {
-            let nr = row_block.min(r1 - r);
-            let mut g = t0;
-            while g < t1 {
-                let nt = qdot::MAX_TOKENS.min(t1 - g);
-                let a: [&[qdot::Q8Block]; qdot::MAX_TOKENS] =
-                    std::array::from_fn(|i| io.acts[g + i.min(nt - 1)].as_slice());
-                let sc: [&qdot::ActScales; qdot::MAX_TOKENS] =
-                    std::array::from_fn(|i| &io.scales[g + i.min(nt - 1)]);
-                w.dot_tile(r, nr, &a[..nt], &sc[..nt], simd, &mut res);
-                for (i, v) in res[..nr * nt].iter().enumerate() {
-                    // SAFETY: `g + i % nt < n`, `r + i / nt < r1 <= rows`: inside the
-                    // output (n * rows long); tasks own disjoint row ranges.
-                    unsafe { *out.at((g + i % nt) * rows + r + i / nt) = *v };
-                }
-                g += nt;
-            }
-            r += nr;
-        }
-    }
-}
-
 /// Each activation row quantized to 8-bit blocks.
 fn quantize_rows(x: &[f32], cols: usize) -> Vec<Vec<qdot::Q8Block>> {
     x.chunks_exact(cols)
@@ -376,37 +329,79 @@ fn quantize_rows(x: &[f32], cols: usize) -> Vec<Vec<qdot::Q8Block>> {
         .collect()
 }
 
-/// Groups `g0..g1` of an interleaved Q4_0/Q8_0 product: each group of eight rows meets
-/// the tokens four at a time.
-fn packed_task(w: &packed::PackedMatrix, io: &Inputs<'_>, g0: usize, g1: usize, out: SharedOut) {
+/// A weight layout of interleaved row groups with integer kernels ([`packed`],
+/// [`qdot`]): what [`group_task`] needs of it.
+trait GroupKernel {
+    /// Rows per group.
+    const GROUP: usize;
+    /// Most activation rows per kernel call.
+    const MAX_TOKENS: usize;
+    fn rows(&self) -> usize;
+    /// Group `g` against up to `MAX_TOKENS` tokens: `out[t * GROUP + r]`.
+    fn dot_group(&self, g: usize, acts: &[&[qdot::Q8Block]], simd: bool, out: &mut [f32]);
+    /// Groups `g0..` against one token: `out[i]` for row `GROUP * g0 + i`.
+    fn dot_rows(&self, g0: usize, acts: &[qdot::Q8Block], simd: bool, out: &mut [f32]);
+}
+
+impl GroupKernel for packed::PackedMatrix {
+    const GROUP: usize = packed::GROUP;
+    const MAX_TOKENS: usize = packed::MAX_TOKENS;
+    fn rows(&self) -> usize {
+        self.rows()
+    }
+    fn dot_group(&self, g: usize, acts: &[&[qdot::Q8Block]], simd: bool, out: &mut [f32]) {
+        self.dot_group(g, acts, simd, out)
+    }
+    fn dot_rows(&self, g0: usize, acts: &[qdot::Q8Block], simd: bool, out: &mut [f32]) {
+        self.dot_rows(g0, acts, simd, out)
+    }
+}
+
+impl GroupKernel for qdot::InterleavedQ4_1 {
+    const GROUP: usize = qdot::GROUP;
+    const MAX_TOKENS: usize = qdot::MAX_TOKENS;
+    fn rows(&self) -> usize {
+        self.rows()
+    }
+    fn dot_group(&self, g: usize, acts: &[&[qdot::Q8Block]], simd: bool, out: &mut [f32]) {
+        self.dot_group(g, acts, simd, out)
+    }
+    fn dot_rows(&self, g0: usize, acts: &[qdot::Q8Block], simd: bool, out: &mut [f32]) {
+        self.dot_rows(g0, acts, simd, out)
+    }
+}
+
+/// Largest `GROUP * MAX_TOKENS` of the [`GroupKernel`]s (their result tile).
+const MAX_GROUP_TILE: usize = 32;
+
+/// Groups `g0..g1` of an interleaved product: each group meets the tokens
+/// `MAX_TOKENS` at a time, a tile of tokens at once.
+fn group_task<K: GroupKernel>(w: &K, io: &Inputs<'_>, g0: usize, g1: usize, out: SharedOut) {
     let (rows, n) = (w.rows(), io.n);
     let simd = io.isa != Isa::Baseline;
     if n == 1 {
-        let (r0, r1) = (g0 * packed::GROUP, (g1 * packed::GROUP).min(rows));
+        let (r0, r1) = (g0 * K::GROUP, (g1 * K::GROUP).min(rows));
         // SAFETY: rows `r0..r1` of the single output row are `out[r0..r1]`, inside the
         // output (`rows` long); tasks own disjoint groups.
         let o = unsafe { std::slice::from_raw_parts_mut(out.at(r0), r1 - r0) };
         return w.dot_rows(g0, &io.acts[0], simd, o);
     }
-    let mut res = [0.0f32; packed::GROUP * packed::MAX_TOKENS];
+    let mut res = [0.0f32; MAX_GROUP_TILE];
     for t0 in (0..n).step_by(TOKEN_TILE) {
         let tile = &io.acts[t0..(t0 + TOKEN_TILE).min(n)];
         for g in g0..g1 {
-            let live = packed::GROUP.min(rows - g * packed::GROUP);
-            for (k, group) in tile.chunks(packed::MAX_TOKENS).enumerate() {
-                let refs: [&[qdot::Q8Block]; packed::MAX_TOKENS] =
-                    std::array::from_fn(|i| group.get(i).map_or(&[][..], Vec::as_slice));
-                w.dot_group(g, &refs[..group.len()], simd, &mut res);
-                for (i, vals) in res
-                    .chunks_exact(packed::GROUP)
-                    .take(group.len())
-                    .enumerate()
-                {
-                    let t = t0 + k * packed::MAX_TOKENS + i;
+            let live = K::GROUP.min(rows - g * K::GROUP);
+            for (k, chunk) in tile.chunks(K::MAX_TOKENS).enumerate() {
+                let refs: [&[qdot::Q8Block]; MAX_GROUP_TILE] =
+                    std::array::from_fn(|i| chunk.get(i).map_or(&[][..], Vec::as_slice));
+                w.dot_group(g, &refs[..chunk.len()], simd, &mut res);
+                for (i, vals) in res.chunks_exact(K::GROUP).take(chunk.len()).enumerate() {
+                    let t = t0 + k * K::MAX_TOKENS + i;
                     for (r, v) in vals[..live].iter().enumerate() {
-                        // SAFETY: `t < n` and `8g + r < rows`: inside the output (n * rows
-                        // long); tasks own disjoint groups, so each element has one writer.
-                        unsafe { *out.at(t * rows + g * packed::GROUP + r) = *v };
+                        // SAFETY: `t < n` and `g * GROUP + r < rows`: inside the output
+                        // (n * rows long); tasks own disjoint groups, so each element has
+                        // one writer.
+                        unsafe { *out.at(t * rows + g * K::GROUP + r) = *v };
                     }
                 }
             }

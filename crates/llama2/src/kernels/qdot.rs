@@ -9,9 +9,9 @@
 //! greedy outputs on llama.cpp's for the same GGUF files (the default model is Q4_1).
 //! Q4_0 and Q8_0 go through [`super::packed`] instead.
 //!
-//! For speed each Q4_1 row is stored split ([`SplitQ4_1`]): its quants, then its scales,
-//! then its minimums, so that eight scales convert in one instruction instead of one
-//! at a time; the arithmetic is unchanged.
+//! For speed Q4_1 rows are interleaved four at a time ([`InterleavedQ4_1`]), so that a
+//! block of four rows is one load and their products fill one register; the
+//! arithmetic of each row is unchanged.
 
 use half::f16;
 
@@ -102,70 +102,57 @@ pub fn dot_q4_1_reference(row: &[u8], acts: &[Q8Block]) -> f32 {
     hsum8(acc) + summs
 }
 
-/// A Q4_1 matrix with each row stored split: `16 * nb` bytes of nibbles (block by
-/// block, as in the file), then the `nb` f16 scales, then the `nb` f16 minimums. Same
-/// size as the file layout.
+/// Rows per interleaved Q4_1 group.
+pub const GROUP: usize = 4;
+/// Most activation rows one [`InterleavedQ4_1::dot_group`] call handles.
+pub const MAX_TOKENS: usize = 4;
+
+/// A Q4_1 matrix in groups of [`GROUP`] interleaved rows. Per group and block, 80 bytes:
+/// the four rows' quants (row `r`'s 16 nibble bytes at `16r`), their f16 scales (at
+/// `64 + 2r`), their f16 minimums (at `72 + 2r`). Rows past the last are zero (they
+/// compute zeros that are never written out). The matrix is one sequential stream
+/// (scales kept apart from the quants measured half the speed: a second stream), and
+/// one 512-bit load holds a block of all four rows, whose products land in separate
+/// lanes; the arithmetic per row stays [`dot_q4_1_reference`]'s.
 #[derive(Debug)]
-pub struct SplitQ4_1 {
+pub struct InterleavedQ4_1 {
     rows: usize,
     /// Blocks per row.
     nb: usize,
     data: Vec<u8>,
 }
 
-/// Per-token activation scales, contiguous for vector loads: `d[b]` and `s[b]` of
-/// every block `b` of one activation row.
-#[derive(Clone, Debug, Default)]
-pub struct ActScales {
-    /// The blocks' `d`.
-    pub d: Vec<f32>,
-    /// The blocks' `s`.
-    pub s: Vec<f32>,
-}
+/// Bytes per block of one group: quants, scales, minimums.
+const GROUP_BLOCK: usize = GROUP * 20;
 
-impl ActScales {
-    /// The scales of one quantized activation row.
-    pub fn of(blocks: &[Q8Block]) -> ActScales {
-        ActScales {
-            d: blocks.iter().map(|b| b.d).collect(),
-            s: blocks.iter().map(|b| b.s).collect(),
-        }
-    }
-}
-
-/// Most weight rows one [`SplitQ4_1::dot_tile`] call handles.
-pub const MAX_ROWS: usize = 4;
-/// Most activation rows one [`SplitQ4_1::dot_tile`] call handles.
-pub const MAX_TOKENS: usize = 4;
-
-impl SplitQ4_1 {
-    /// Splits `rows` Q4_1 rows of `cols` values (`src` in ggml's layout), on `pool`'s
-    /// threads. `None` on a size mismatch.
-    pub fn pack(src: &[u8], rows: usize, cols: usize, pool: &WorkerPool) -> Option<SplitQ4_1> {
+impl InterleavedQ4_1 {
+    /// Interleaves `rows` Q4_1 rows of `cols` values (`src` in ggml's layout), on
+    /// `pool`'s threads. `None` on a size mismatch.
+    pub fn pack(src: &[u8], rows: usize, cols: usize, pool: &WorkerPool) -> Option<Self> {
         let row_bytes = DType::Q4_1.row_bytes(cols)?;
-        if row_bytes * rows != src.len() {
+        if row_bytes * rows != src.len() || !cols.is_multiple_of(QK) {
             return None;
         }
         let nb = cols / QK;
-        let mut data = vec![0u8; src.len()];
+        let gb = nb * GROUP_BLOCK;
+        let groups = rows.div_ceil(GROUP);
+        let mut data = vec![0u8; groups * gb];
         let dst_all = SharedOut(data.as_mut_ptr());
-        pool.run(rows, &|r| {
-            // SAFETY: task `r` alone writes row `r`'s bytes `r*row_bytes..(r+1)*row_bytes`
-            // of `data`, which lives until `run` returns.
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(dst_all.at(r * row_bytes), row_bytes) };
-            let (qs, params) = dst.split_at_mut(16 * nb);
-            let (ds, ms) = params.split_at_mut(2 * nb);
-            for (b, blk) in src[r * row_bytes..(r + 1) * row_bytes]
-                .chunks_exact(20)
-                .enumerate()
-            {
-                ds[2 * b..2 * b + 2].copy_from_slice(&blk[..2]);
-                ms[2 * b..2 * b + 2].copy_from_slice(&blk[2..4]);
-                qs[16 * b..16 * b + 16].copy_from_slice(&blk[4..20]);
+        pool.run(groups, &|g| {
+            // SAFETY: task `g` alone writes group `g`'s bytes `g*gb..(g+1)*gb` of `data`,
+            // which lives until `run` returns.
+            let dst = unsafe { std::slice::from_raw_parts_mut(dst_all.at(g * gb), gb) };
+            for r in 0..GROUP.min(rows - g * GROUP) {
+                let row = &src[(g * GROUP + r) * row_bytes..][..row_bytes];
+                for (b, blk) in row.chunks_exact(20).enumerate() {
+                    let out = &mut dst[GROUP_BLOCK * b..][..GROUP_BLOCK];
+                    out[16 * r..][..16].copy_from_slice(&blk[4..20]);
+                    out[64 + 2 * r..][..2].copy_from_slice(&blk[..2]);
+                    out[72 + 2 * r..][..2].copy_from_slice(&blk[2..4]);
+                }
             }
         });
-        Some(SplitQ4_1 { rows, nb, data })
+        Some(InterleavedQ4_1 { rows, nb, data })
     }
 
     /// Rows of the matrix.
@@ -173,115 +160,86 @@ impl SplitQ4_1 {
         self.rows
     }
 
-    fn row(&self, r: usize) -> &[u8] {
-        let w = 20 * self.nb;
-        &self.data[r * w..(r + 1) * w]
+    /// Groups of [`GROUP`] rows (the last may be partly padding).
+    pub fn groups(&self) -> usize {
+        self.rows.div_ceil(GROUP)
     }
 
-    /// Dot products of rows `r0..r0 + nr` (`nr <= MAX_ROWS`) with up to [`MAX_TOKENS`]
-    /// activation rows and their scales: `out[i * acts.len() + t]` for row `r0 + i`.
-    /// `use_simd` selects the AVX2 (or AVX-512 VNNI) kernel where the CPU has it; every
-    /// path gives the bits of [`dot_q4_1_reference`].
-    pub fn dot_tile(
-        &self,
-        r0: usize,
-        nr: usize,
-        acts: &[&[Q8Block]],
-        scales: &[&ActScales],
-        use_simd: bool,
-        out: &mut [f32],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        let simd = if use_simd { Simd::detect() } else { None };
-        #[cfg(not(target_arch = "x86_64"))]
-        let simd = None;
-        let _ = use_simd;
-        self.dot_tile_with(simd, r0, nr, acts, scales, out)
+    fn group(&self, g: usize) -> &[u8] {
+        let gb = self.nb * GROUP_BLOCK;
+        &self.data[g * gb..(g + 1) * gb]
     }
 
-    /// Dot products of rows `r0..r0 + out.len()` with one activation row (a decode
-    /// step): `out[i]` for row `r0 + i`, each as [`dot_q4_1_reference`]. One call covers
-    /// a task's rows, so the per-call checks are paid once.
-    pub fn dot_rows(
-        &self,
-        r0: usize,
-        acts: &[Q8Block],
-        scales: &ActScales,
-        use_simd: bool,
-        out: &mut [f32],
-    ) {
-        assert!(r0 + out.len() <= self.rows && acts.len() >= self.nb);
-        assert!(scales.d.len() >= self.nb && scales.s.len() >= self.nb);
+    /// Dot products of group `g`'s rows with up to [`MAX_TOKENS`] activation rows (at
+    /// least `cols / 32` blocks each): `out[t * GROUP + r]` for row `4g + r` and token
+    /// `t`. `use_simd` selects the AVX2 (or AVX-512 VNNI) kernel where the CPU has it;
+    /// every path gives the bits of [`dot_q4_1_reference`].
+    pub fn dot_group(&self, g: usize, acts: &[&[Q8Block]], use_simd: bool, out: &mut [f32]) {
+        self.dot_group_with(detect(use_simd), g, acts, out)
+    }
+
+    /// Dot products of groups `g0..` with one activation row (a decode step): rows
+    /// `4 * g0 .. 4 * g0 + out.len()` (whole groups; the matrix's last group may be
+    /// partial), each as [`dot_q4_1_reference`]. One call covers a task's groups, so
+    /// the per-call checks and dispatch are paid once.
+    pub fn dot_rows(&self, g0: usize, acts: &[Q8Block], use_simd: bool, out: &mut [f32]) {
+        let r0 = g0 * GROUP;
+        assert!(r0 + out.len() <= self.rows);
+        assert!(out.len().is_multiple_of(GROUP) || r0 + out.len() == self.rows);
+        let simd = detect(use_simd);
+        let mut tail = [0.0f32; GROUP];
+        for (k, o) in out.chunks_mut(GROUP).enumerate() {
+            let live = o.len();
+            let dst: &mut [f32] = if live == GROUP { o } else { &mut tail };
+            self.dot_group_with(simd, g0 + k, &[acts], dst);
+            if live < GROUP {
+                o.copy_from_slice(&tail[..live]);
+            }
+        }
+    }
+
+    fn dot_group_with(&self, simd: Option<Simd>, g: usize, acts: &[&[Q8Block]], out: &mut [f32]) {
+        let nt = acts.len();
+        assert!(g < self.groups() && (1..=MAX_TOKENS).contains(&nt));
+        assert!(out.len() >= nt * GROUP && acts.iter().all(|a| a.len() >= self.nb));
+        let group = self.group(g);
         #[cfg(target_arch = "x86_64")]
-        if let Some(simd) = use_simd.then(Simd::detect).flatten() {
-            // SAFETY: `simd` is a kernel whose features `Simd::detect` found; the rows
-            // exist and hold `nb` blocks, the activations and scales at least `nb`
-            // (asserted above), which is all the kernel reads.
+        if let Some(simd) = simd {
+            // SAFETY: `simd` is only ever a kernel whose features `Simd::detect` (or
+            // `Simd::available`) found; `group` holds `nb` blocks of the layout and each
+            // activation row `nb` blocks (asserted above), which is all the kernels read.
             unsafe {
-                match simd {
-                    Simd::Vnni => rows_vnni(self, r0, acts, scales, out),
-                    Simd::Avx2 => rows_avx2(self, r0, acts, scales, out),
+                match (simd, nt) {
+                    (Simd::Vnni, 1) => group_vnni::<1>(group, self.nb, acts, out),
+                    (Simd::Vnni, 2) => group_vnni::<2>(group, self.nb, acts, out),
+                    (Simd::Vnni, 3) => group_vnni::<3>(group, self.nb, acts, out),
+                    (Simd::Vnni, _) => group_vnni::<4>(group, self.nb, acts, out),
+                    // Two tokens at most per AVX2 pass (sixteen registers).
+                    (Simd::Avx2, 1) => group_avx2::<1>(group, self.nb, acts, out),
+                    (Simd::Avx2, _) => {
+                        group_avx2::<2>(group, self.nb, &acts[..2], out);
+                        match nt {
+                            3 => group_avx2::<1>(group, self.nb, &acts[2..], &mut out[8..]),
+                            4 => group_avx2::<2>(group, self.nb, &acts[2..], &mut out[8..]),
+                            _ => {}
+                        }
+                    }
                 }
             }
             return;
         }
-        let _ = use_simd;
-        for (i, o) in out.iter_mut().enumerate() {
-            self.dot_tile_with(None, r0 + i, 1, &[acts], &[scales], std::slice::from_mut(o));
-        }
-    }
-
-    fn dot_tile_with(
-        &self,
-        simd: Option<Simd>,
-        r0: usize,
-        nr: usize,
-        acts: &[&[Q8Block]],
-        scales: &[&ActScales],
-        out: &mut [f32],
-    ) {
-        let nt = acts.len();
-        assert!((1..=MAX_ROWS).contains(&nr) && r0 + nr <= self.rows);
-        assert!((1..=MAX_TOKENS).contains(&nt) && scales.len() == nt && out.len() >= nr * nt);
-        assert!(acts.iter().all(|a| a.len() >= self.nb));
-        assert!(scales
-            .iter()
-            .all(|s| s.d.len() >= self.nb && s.s.len() >= self.nb));
-        let rows: [&[u8]; MAX_ROWS] = std::array::from_fn(|i| self.row(r0 + i.min(nr - 1)));
-        #[cfg(target_arch = "x86_64")]
-        if let Some(simd) = simd {
-            macro_rules! dispatch {
-                ($f:ident; $(($r:literal, $t:literal)),*) => {
-                    match (nr, nt) {
-                        // SAFETY: `simd` is a kernel whose features `Simd::detect` found;
-                        // the rows hold `nb` blocks and the activations and scales at least
-                        // `nb` (asserted above), which is all the kernel reads.
-                        $(($r, $t) => unsafe { $f::<$r, $t>(&rows, self.nb, acts, scales, out) },)*
-                        _ => unreachable!("tile size checked above"),
-                    }
-                };
-            }
-            macro_rules! sizes {
-                ($f:ident) => {
-                    dispatch!($f; (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3), (2, 4),
-                        (3, 1), (3, 2), (3, 3), (3, 4), (4, 1), (4, 2), (4, 3), (4, 4))
-                };
-            }
-            match simd {
-                Simd::Vnni => sizes!(tile_vnni),
-                Simd::Avx2 => sizes!(tile_avx2),
-            }
-            return;
-        }
+        let _ = simd;
+        // The portable kernel: the reference's lane arithmetic, read from this layout.
         let nb = self.nb;
-        for (i, row) in rows[..nr].iter().enumerate() {
-            for (t, a) in acts.iter().enumerate() {
+        for (t, a) in acts.iter().enumerate() {
+            for r in 0..GROUP {
                 let mut acc = [0.0f32; 8];
                 let mut summs = 0.0f32;
                 for (b, blk) in a[..nb].iter().enumerate() {
-                    let q = &row[16 * b..16 * b + 16];
-                    summs += f16_at(row, 16 * nb + 2 * nb + 2 * b) * blk.s;
-                    let scale = f16_at(row, 16 * nb + 2 * b) * blk.d;
+                    let at = GROUP_BLOCK * b;
+                    let q = &group[at + 16 * r..][..16];
+                    summs += f16_at(group, at + 72 + 2 * r) * blk.s;
+                    let scale = f16_at(group, at + 64 + 2 * r) * blk.d;
                     for (j, acc_j) in acc.iter_mut().enumerate() {
                         let lane: i32 = (4 * j..4 * j + 4)
                             .map(|k| {
@@ -292,160 +250,169 @@ impl SplitQ4_1 {
                         *acc_j = scale.mul_add(lane as f32, *acc_j);
                     }
                 }
-                out[i * nt + t] = hsum8(acc) + summs;
+                out[t * GROUP + r] = hsum8(acc) + summs;
             }
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_avx2(w: &SplitQ4_1, r0: usize, a: &[Q8Block], s: &ActScales, out: &mut [f32]) {
-    rows::<false>(w, r0, a, s, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn rows_vnni(w: &SplitQ4_1, r0: usize, a: &[Q8Block], s: &ActScales, out: &mut [f32]) {
-    rows::<true>(w, r0, a, s, out)
-}
-
-/// One token against consecutive rows, one row per tile (compiled into each wrapper
-/// above with its instruction set).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn rows<const VNNI: bool>(
-    w: &SplitQ4_1,
-    r0: usize,
-    acts: &[Q8Block],
-    scales: &ActScales,
-    out: &mut [f32],
-) {
-    for (i, o) in out.iter_mut().enumerate() {
-        let row = w.row(r0 + i);
-        let one = std::slice::from_mut(o);
-        tile::<VNNI, 1, 1>(&[row; MAX_ROWS], w.nb, &[acts], &[scales], one);
+/// The SIMD kernel to use, if `use_simd` and the CPU has one.
+fn detect(use_simd: bool) -> Option<Simd> {
+    #[cfg(target_arch = "x86_64")]
+    return if use_simd { Simd::detect() } else { None };
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = use_simd;
+        None
     }
 }
 
+/// Blocks ahead of use that the kernels ask the memory system for.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2<const R: usize, const T: usize>(
-    rows: &[&[u8]; MAX_ROWS],
-    nb: usize,
-    acts: &[&[Q8Block]],
-    scales: &[&ActScales],
-    out: &mut [f32],
-) {
-    tile::<false, R, T>(rows, nb, acts, scales, out)
-}
+const PREFETCH: usize = 8;
 
+/// One group against `T` tokens with AVX-512: the block's 64 quant bytes (four rows)
+/// in one register, low and high nibbles apart; `vpdpbusd` against the token's first
+/// (last) 16 activation bytes repeated in each 128-bit lane gives lanes 0-3 (4-7) of
+/// the reference's eight lane sums, for all four rows at once. The four rows' scale
+/// products `d_w * d_a` (each the reference's f32 product) are spread over their lanes
+/// and accumulated with one fused multiply-add per half, block after block; the
+/// minimum products `m_w * s_a` are summed per row in a 128-bit register, in order.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn tile_vnni<const R: usize, const T: usize>(
-    rows: &[&[u8]; MAX_ROWS],
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn group_vnni<const T: usize>(
+    group: &[u8],
     nb: usize,
     acts: &[&[Q8Block]],
-    scales: &[&ActScales],
-    out: &mut [f32],
-) {
-    tile::<true, R, T>(rows, nb, acts, scales, out)
-}
-
-/// The SIMD tile of `R` split rows by `T` tokens. Per group of up to eight blocks, the
-/// scale products `d_w * d_a` and minimum products `m_w * s_a` of every (row, token)
-/// are formed eight at a time (`vcvtph2ps`, one multiply each: the same f32 products as
-/// the reference) into small buffers; then per block the eight lane sums (`vpdpbusd`,
-/// or `vpmaddubsw` + `vpmaddwd`: the nibbles are unsigned, so no sign trick) are
-/// accumulated with one fused multiply-add and the minimum product added to a scalar
-/// sum, in block order as the reference.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn tile<const VNNI: bool, const R: usize, const T: usize>(
-    rows: &[&[u8]; MAX_ROWS],
-    nb: usize,
-    acts: &[&[Q8Block]],
-    scales: &[&ActScales],
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
+    let q = group.as_ptr();
+    let low = _mm512_set1_epi8(0x0f);
+    let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    let zero = _mm512_setzero_si512();
+    let mut acc_lo = [_mm512_setzero_ps(); T];
+    let mut acc_hi = [_mm512_setzero_ps(); T];
+    let mut summs = [_mm_setzero_ps(); T];
+    for b in 0..nb {
+        // Hints for the stream ahead (no fault even past the end).
+        let p = q.add(GROUP_BLOCK * b);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(GROUP_BLOCK * PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(GROUP_BLOCK * PREFETCH + 64) as *const i8);
+        // SAFETY: block `b < nb` of the group: 64 quant bytes at 64b, 8 bytes of scales
+        // at 64nb + 8b and of minimums at 72nb + 8b.
+        let z = _mm512_loadu_si512(p as *const _);
+        let lo = _mm512_and_si512(z, low);
+        let hi = _mm512_and_si512(_mm512_srli_epi16(z, 4), low);
+        let dw = _mm_cvtph_ps(_mm_loadl_epi64(p.add(64) as *const __m128i));
+        let mw = _mm_cvtph_ps(_mm_loadl_epi64(p.add(72) as *const __m128i));
+        for t in 0..T {
+            let a = acts[t].get_unchecked(b);
+            let y = a.qs.as_ptr();
+            let ylo = _mm512_broadcast_i32x4(_mm_loadu_si128(y as *const __m128i));
+            let yhi = _mm512_broadcast_i32x4(_mm_loadu_si128(y.add(16) as *const __m128i));
+            let plo = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, lo, ylo));
+            let phi = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, hi, yhi));
+            let s4 = _mm_mul_ps(dw, _mm_set1_ps(a.d));
+            let s16 = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(s4));
+            acc_lo[t] = _mm512_fmadd_ps(s16, plo, acc_lo[t]);
+            acc_hi[t] = _mm512_fmadd_ps(s16, phi, acc_hi[t]);
+            summs[t] = _mm_add_ps(summs[t], _mm_mul_ps(mw, _mm_set1_ps(a.s)));
+        }
+    }
+    for t in 0..T {
+        let (mut lo, mut hi, mut m) = ([0.0f32; 16], [0.0f32; 16], [0.0f32; 4]);
+        _mm512_storeu_ps(lo.as_mut_ptr(), acc_lo[t]);
+        _mm512_storeu_ps(hi.as_mut_ptr(), acc_hi[t]);
+        _mm_storeu_ps(m.as_mut_ptr(), summs[t]);
+        finish(&lo, &hi, &m, &mut out[t * GROUP..(t + 1) * GROUP]);
+    }
+}
+
+/// One group against `T <= 2` tokens with AVX2: as [`group_vnni`], two rows per
+/// 256-bit register, the lane sums from `vpmaddubsw` + `vpmaddwd` (nibbles are
+/// unsigned and at most 15, so the pair sums cannot saturate).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn group_avx2<const T: usize>(
+    group: &[u8],
+    nb: usize,
+    acts: &[&[Q8Block]],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let q = group.as_ptr();
     let low = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_ps(); T]; R];
-    let mut summs = [[0.0f32; T]; R];
-    let mut sc = [[[0.0f32; 8]; T]; R];
-    let mut ms = [[[0.0f32; 8]; T]; R];
-    let mut b0 = 0;
-    while b0 < nb {
-        let n8 = 8.min(nb - b0);
-        for r in 0..R {
-            // The quants two groups ahead (hints: no fault even past the end).
-            let ahead = rows[r].as_ptr().wrapping_add(16 * (b0 + 16));
-            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
-            // Eight f16 scales and minimums of row `r` from block `b0` (fewer at the end
-            // of the row, converted one by one so nothing past it is read).
-            let (mut dw, mut mw) = ([0.0f32; 8], [0.0f32; 8]);
-            if n8 == 8 {
-                // SAFETY: blocks b0..b0+8 exist, so 16 bytes of scales (minimums) start
-                // at 16nb + 2b0 (18nb + 2b0) inside the row of 20nb bytes.
-                let p = rows[r].as_ptr();
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * nb + 2 * b0) as *const __m128i));
-                let m = _mm256_cvtph_ps(_mm_loadu_si128(p.add(18 * nb + 2 * b0) as *const __m128i));
-                _mm256_storeu_ps(dw.as_mut_ptr(), d);
-                _mm256_storeu_ps(mw.as_mut_ptr(), m);
-            } else {
-                for k in 0..n8 {
-                    dw[k] = f16_at(rows[r], 16 * nb + 2 * (b0 + k));
-                    mw[k] = f16_at(rows[r], 18 * nb + 2 * (b0 + k));
-                }
-            }
-            for t in 0..T {
-                if n8 == 8 {
-                    // SAFETY: blocks b0..b0+8 of the activation scales exist.
-                    let ad = _mm256_loadu_ps(scales[t].d.as_ptr().add(b0));
-                    let as_ = _mm256_loadu_ps(scales[t].s.as_ptr().add(b0));
-                    let d = _mm256_loadu_ps(dw.as_ptr());
-                    let m = _mm256_loadu_ps(mw.as_ptr());
-                    _mm256_storeu_ps(sc[r][t].as_mut_ptr(), _mm256_mul_ps(d, ad));
-                    _mm256_storeu_ps(ms[r][t].as_mut_ptr(), _mm256_mul_ps(m, as_));
-                } else {
-                    for k in 0..n8 {
-                        sc[r][t][k] = dw[k] * scales[t].d.get_unchecked(b0 + k);
-                        ms[r][t][k] = mw[k] * scales[t].s.get_unchecked(b0 + k);
-                    }
-                }
-            }
-        }
-        for k in 0..n8 {
-            let b = b0 + k;
-            let ys: [__m256i; T] = std::array::from_fn(|t| {
-                _mm256_loadu_si256(acts[t].get_unchecked(b).qs.as_ptr() as *const __m256i)
-            });
-            for r in 0..R {
-                // SAFETY: block b's 16 nibble bytes lie at 16b..16b+16 of the row.
-                let tmp = _mm_loadu_si128(rows[r].as_ptr().add(16 * b) as *const __m128i);
-                let u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp), low);
-                for t in 0..T {
-                    let lanes = if VNNI {
-                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, ys[t])
-                    } else {
-                        _mm256_madd_epi16(ones, _mm256_maddubs_epi16(u, ys[t]))
-                    };
-                    let f = _mm256_cvtepi32_ps(lanes);
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(sc[r][t][k]), f, acc[r][t]);
-                    summs[r][t] += ms[r][t][k];
-                }
-            }
-        }
-        b0 += n8;
-    }
-    for r in 0..R {
+    let spread01 = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
+    let spread23 = _mm256_set_epi32(3, 3, 3, 3, 2, 2, 2, 2);
+    // [t][half][rows 0-1 | rows 2-3]
+    let mut acc = [[[_mm256_setzero_ps(); 2]; 2]; T];
+    let mut summs = [_mm_setzero_ps(); T];
+    for b in 0..nb {
+        let p = q.add(GROUP_BLOCK * b);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(GROUP_BLOCK * PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(GROUP_BLOCK * PREFETCH + 64) as *const i8);
+        // SAFETY: as in `group_vnni`.
+        let z01 = _mm256_loadu_si256(p as *const __m256i);
+        let z23 = _mm256_loadu_si256(p.add(32) as *const __m256i);
+        let u = [
+            [_mm256_and_si256(z01, low), _mm256_and_si256(z23, low)],
+            [
+                _mm256_and_si256(_mm256_srli_epi16(z01, 4), low),
+                _mm256_and_si256(_mm256_srli_epi16(z23, 4), low),
+            ],
+        ];
+        let dw = _mm_cvtph_ps(_mm_loadl_epi64(p.add(64) as *const __m128i));
+        let mw = _mm_cvtph_ps(_mm_loadl_epi64(p.add(72) as *const __m128i));
         for t in 0..T {
-            let mut lanes = [0.0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][t]);
-            out[r * T + t] = hsum8(lanes) + summs[r][t];
+            let a = acts[t].get_unchecked(b);
+            let y = a.qs.as_ptr();
+            let ys = [
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(y as *const __m128i)),
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(y.add(16) as *const __m128i)),
+            ];
+            let s4 = _mm256_castps128_ps256(_mm_mul_ps(dw, _mm_set1_ps(a.d)));
+            let s = [
+                _mm256_permutevar8x32_ps(s4, spread01),
+                _mm256_permutevar8x32_ps(s4, spread23),
+            ];
+            for half in 0..2 {
+                for pair in 0..2 {
+                    let lanes =
+                        _mm256_madd_epi16(ones, _mm256_maddubs_epi16(u[half][pair], ys[half]));
+                    acc[t][half][pair] =
+                        _mm256_fmadd_ps(s[pair], _mm256_cvtepi32_ps(lanes), acc[t][half][pair]);
+                }
+            }
+            summs[t] = _mm_add_ps(summs[t], _mm_mul_ps(mw, _mm_set1_ps(a.s)));
         }
+    }
+    for t in 0..T {
+        let (mut lo, mut hi, mut m) = ([0.0f32; 16], [0.0f32; 16], [0.0f32; 4]);
+        _mm256_storeu_ps(lo.as_mut_ptr(), acc[t][0][0]);
+        _mm256_storeu_ps(lo.as_mut_ptr().add(8), acc[t][0][1]);
+        _mm256_storeu_ps(hi.as_mut_ptr(), acc[t][1][0]);
+        _mm256_storeu_ps(hi.as_mut_ptr().add(8), acc[t][1][1]);
+        _mm_storeu_ps(m.as_mut_ptr(), summs[t]);
+        finish(&lo, &hi, &m, &mut out[t * GROUP..(t + 1) * GROUP]);
+    }
+}
+
+/// Row `r`'s result from the kernels' accumulators: its eight lanes are `lo[4r..4r+4]`
+/// then `hi[4r..4r+4]`, reduced as the reference does, plus its minimum sum.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn finish(lo: &[f32; 16], hi: &[f32; 16], summs: &[f32; 4], out: &mut [f32]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        let lanes = std::array::from_fn(|j| {
+            if j < 4 {
+                lo[4 * r + j]
+            } else {
+                hi[4 * r + j - 4]
+            }
+        });
+        *o = hsum8(lanes) + summs[r];
     }
 }
 
@@ -485,17 +452,17 @@ mod tests {
         assert_eq!(&blocks[0].qs[..3], &[127, 2, 4]);
     }
 
-    /// Every tile shape and kernel gives, element for element, the bits of the reference
-    /// on the file layout (rows of 37 blocks: four full groups of eight and a tail), and
-    /// the reference is the exact dot up to the activation quantization error.
+    /// Every kernel and token count gives, element for element, the bits of the
+    /// reference on the file layout (rows of 37 blocks, the last group partial), and the
+    /// reference is the exact dot up to the activation quantization error.
     #[test]
-    fn split_q4_1_tiles_match_the_reference_bit_for_bit() {
-        let (rows, cols) = (6, 32 * 37);
+    fn interleaved_q4_1_matches_the_reference_bit_for_bit() {
+        let (rows, cols) = (7, 32 * 37);
         let mut src = Vec::new();
         quant::quantize(DType::Q4_1, &values(rows * cols, 100), &mut src).unwrap();
         let pool = WorkerPool::new(2).unwrap();
-        let split = SplitQ4_1::pack(&src, rows, cols, &pool).unwrap();
-        assert!(SplitQ4_1::pack(&src[1..], rows, cols, &pool).is_none());
+        let packed = InterleavedQ4_1::pack(&src, rows, cols, &pool).unwrap();
+        assert!(InterleavedQ4_1::pack(&src[1..], rows, cols, &pool).is_none());
         let row_bytes = DType::Q4_1.row_bytes(cols).unwrap();
         let xs: Vec<Vec<f32>> = (0..MAX_TOKENS as u64)
             .map(|t| values(cols, 200 + t))
@@ -508,30 +475,30 @@ mod tests {
                 a
             })
             .collect();
-        let scales: Vec<ActScales> = acts.iter().map(|a| ActScales::of(a)).collect();
+        let want = |r: usize, t: usize| {
+            dot_q4_1_reference(&src[r * row_bytes..][..row_bytes], &acts[t]).to_bits()
+        };
         let kernels = std::iter::once(None).chain(Simd::available().into_iter().map(Some));
         for simd in kernels {
-            for nr in 1..=MAX_ROWS {
+            for g in 0..packed.groups() {
                 for nt in 1..=MAX_TOKENS {
                     let a: Vec<&[Q8Block]> = acts[..nt].iter().map(Vec::as_slice).collect();
-                    let sc: Vec<&ActScales> = scales[..nt].iter().collect();
-                    let r0 = rows - nr;
-                    let mut out = vec![f32::NAN; nr * nt];
-                    split.dot_tile_with(simd, r0, nr, &a, &sc, &mut out);
-                    for i in 0..nr * nt {
-                        let row = &src[(r0 + i / nt) * row_bytes..][..row_bytes];
-                        let want = dot_q4_1_reference(row, a[i % nt]);
-                        assert_eq!(out[i].to_bits(), want.to_bits(), "{simd:?} {nr}x{nt} #{i}");
+                    let mut out = vec![f32::NAN; nt * GROUP];
+                    packed.dot_group_with(simd, g, &a, &mut out);
+                    for t in 0..nt {
+                        for r in 0..GROUP.min(rows - g * GROUP) {
+                            let got = out[t * GROUP + r].to_bits();
+                            assert_eq!(got, want(g * GROUP + r, t), "{simd:?} g{g} {nt} r{r}");
+                        }
                     }
                 }
             }
         }
         for simd in [false, true] {
-            let mut out = vec![f32::NAN; rows - 1];
-            split.dot_rows(1, &acts[0], &scales[0], simd, &mut out);
+            let mut out = vec![f32::NAN; rows - GROUP];
+            packed.dot_rows(1, &acts[1], simd, &mut out);
             for (i, v) in out.iter().enumerate() {
-                let row = &src[(1 + i) * row_bytes..][..row_bytes];
-                assert_eq!(v.to_bits(), dot_q4_1_reference(row, &acts[0]).to_bits());
+                assert_eq!(v.to_bits(), want(GROUP + i, 1));
             }
         }
         let mut w = vec![0.0; cols];
