@@ -490,6 +490,14 @@ impl RopeTable {
 
 /// In-place softmax in f32 (max-subtracted).
 pub fn softmax(x: &mut [f32]) {
+    softmax_generic(x)
+}
+
+/// [`softmax`], inlined into callers compiled for wider vectors. The sum runs in order
+/// and each exponential is libm's: the parity tests with llama.cpp turn on single ulps
+/// here (a lane-wise sum or a polynomial exponential moved greedy tokens).
+#[inline(always)]
+fn softmax_generic(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0f32;
     for v in x.iter_mut() {
@@ -604,28 +612,42 @@ fn attend_generic(
         dot::dot_rows_strided_generic::<1>(k, stride, hd, q, &mut r[..1]);
         *s = r[0] * scale;
     }
-    softmax(scores);
-    out.fill(0.0);
-    // Four positions per pass over `out`; each element still adds the positions in order.
-    let mut chunks = scores.chunks_exact(4);
-    let mut j = 0;
-    for p in chunks.by_ref() {
-        let v: [&[f32]; 4] = std::array::from_fn(|i| {
-            let at = (j + i) * stride + offset;
-            &values[at..at + hd]
-        });
-        let rows = v[0].iter().zip(v[1]).zip(v[2]).zip(v[3]);
-        for (o, (((a, b), c), d)) in out.iter_mut().zip(rows) {
-            *o = (((*o + p[0] * a) + p[1] * b) + p[2] * c) + p[3] * d;
-        }
-        j += 4;
+    softmax_generic(scores);
+    // Values: each output element adds `p_j * v_j` over the positions in order. Sixty-four
+    // (then sixteen, then one) elements at a time, their sums held in registers for the
+    // whole pass rather than reloaded from `out` per position.
+    let mut c = 0;
+    while c + 64 <= hd {
+        weighted_sum::<64>(scores, values, stride, offset + c, &mut out[c..]);
+        c += 64;
     }
-    for (i, p) in chunks.remainder().iter().enumerate() {
-        let at = (j + i) * stride + offset;
-        for (o, vv) in out.iter_mut().zip(&values[at..at + hd]) {
-            *o += p * vv;
+    while c + 16 <= hd {
+        weighted_sum::<16>(scores, values, stride, offset + c, &mut out[c..]);
+        c += 16;
+    }
+    while c < hd {
+        weighted_sum::<1>(scores, values, stride, offset + c, &mut out[c..]);
+        c += 1;
+    }
+}
+
+/// `out[i] = sum_j p[j] * values[j * stride + at + i]` for `i < W`, positions in order.
+#[inline(always)]
+fn weighted_sum<const W: usize>(
+    p: &[f32],
+    values: &[f32],
+    stride: usize,
+    at: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [0.0f32; W];
+    for (j, &pj) in p.iter().enumerate() {
+        let v = &values[j * stride + at..][..W];
+        for (a, x) in acc.iter_mut().zip(v) {
+            *a += pj * x;
         }
     }
+    out[..W].copy_from_slice(&acc);
 }
 
 /// Deterministic pseudo-random test values in [-2, 2) (an LCG), shared by the kernel tests.
