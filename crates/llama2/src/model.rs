@@ -261,9 +261,9 @@ impl Transformer {
         let group = n_heads / n_kv;
 
         for (layer, b) in self.blocks.iter().enumerate() {
-            for (o, i) in xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-                kernels::rmsnorm(i, &b.attention_norm, eps, o);
-            }
+            per_row(pool, &mut xb, dim, &|t, o| {
+                kernels::rmsnorm(&x[t * dim..(t + 1) * dim], &b.attention_norm, eps, o)
+            });
             let qkv = [&b.wq, &b.wk, &b.wv];
             kernels::matmul_group(
                 pool,
@@ -272,9 +272,9 @@ impl Transformer {
                 &mut [&mut q, &mut k, &mut v],
                 self.precision,
             );
+            per_row(pool, &mut q, q_dim, &|t, qt| rope.apply(qt, where_[t].1));
+            per_row(pool, &mut k, kv_dim, &|t, kt| rope.apply(kt, where_[t].1));
             for (t, &(slot, pos)) in where_.iter().enumerate() {
-                rope.apply(&mut q[t * q_dim..(t + 1) * q_dim], pos);
-                rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], pos);
                 let r = cache.row(slot, pos);
                 cache.k[layer][r..r + kv_dim].copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
                 cache.v[layer][r..r + kv_dim].copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
@@ -303,12 +303,15 @@ impl Transformer {
             kernels::matmul_with(pool, &b.wo, &att, &mut proj, self.precision);
             add_in_place(&mut x, &proj);
 
-            for (o, i) in xb.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-                kernels::rmsnorm(i, &b.ffn_norm, eps, o);
-            }
+            per_row(pool, &mut xb, dim, &|t, o| {
+                kernels::rmsnorm(&x[t * dim..(t + 1) * dim], &b.ffn_norm, eps, o)
+            });
             let gate_up = [&b.w1, &b.w3];
             kernels::matmul_group(pool, &gate_up, &xb, &mut [&mut h1, &mut h3], self.precision);
-            kernels::swiglu(&mut h1, &h3);
+            // An exponential per element: worth the workers even for one token.
+            pool.for_each_chunk_mut(&mut h1, SWIGLU_CHUNK, &|i, g| {
+                kernels::swiglu(g, &h3[i * SWIGLU_CHUNK..i * SWIGLU_CHUNK + g.len()])
+            });
             kernels::matmul_with(pool, &b.w2, &h1, &mut proj, self.precision);
             add_in_place(&mut x, &proj);
         }
@@ -337,6 +340,25 @@ impl Transformer {
             at += rows;
         }
         Ok(out)
+    }
+}
+
+/// Elements per parallel task of the SwiGLU step.
+const SWIGLU_CHUNK: usize = 1024;
+
+/// `f(t, row)` for every `width`-long row `t` of `data`: on the pool's workers when
+/// there are several rows (a prompt), inline for one (a decode step, where meeting the
+/// workers would cost more than the work).
+fn per_row(
+    pool: &WorkerPool,
+    data: &mut [f32],
+    width: usize,
+    f: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    if data.len() > width {
+        pool.for_each_chunk_mut(data, width, f);
+    } else if !data.is_empty() {
+        f(0, data);
     }
 }
 

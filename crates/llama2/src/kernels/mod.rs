@@ -10,6 +10,7 @@
 
 pub mod convert;
 mod dot;
+pub mod kquant;
 pub mod packed;
 pub mod pool;
 pub mod qdot;
@@ -74,9 +75,12 @@ impl Matrix {
                     qdot::InterleavedQ4_1::pack(bytes, self.rows, self.cols, pool)
                         .map_or(Repacked::None, Repacked::Q4_1)
                 }
+                None if kquant::supports(dtype) && self.cols.is_multiple_of(kquant::QK_K) => {
+                    Repacked::KQuant
+                }
                 None => Repacked::None,
             };
-            if !matches!(repacked, Repacked::None) {
+            if matches!(repacked, Repacked::Interleaved(_) | Repacked::Q4_1(_)) {
                 self.tensor.storage.release_pages();
             }
             repacked
@@ -96,6 +100,9 @@ enum Repacked {
     Interleaved(packed::PackedMatrix),
     /// Q4_1, four rows interleaved ([`qdot`]).
     Q4_1(qdot::InterleavedQ4_1),
+    /// Q4_K/Q5_K/Q6_K: not copied, the K-quant kernels read the file layout
+    /// ([`kquant`]).
+    KQuant,
     /// Types the integer kernels do not take.
     None,
 }
@@ -154,7 +161,8 @@ pub enum Precision {
     /// quantized to 8-bit blocks and multiplied as integers. Q4_0 and Q8_0 weights are
     /// interleaved at first use and summed per block as llama.cpp's repacked kernels do
     /// ([`packed`]); Q4_1 keeps llama.cpp's `vec_dot` lane arithmetic, its rows interleaved
-    /// four at a time ([`qdot`]).
+    /// four at a time ([`qdot`]); Q4_K, Q5_K and Q6_K meet activations quantized to
+    /// 256-value blocks, as llama.cpp's Q8_K, in the file layout ([`kquant`]).
     #[default]
     Fast,
     /// Weights dequantized to f32 and multiplied with f32 activations (the
@@ -236,9 +244,22 @@ pub fn matmul_group(
             out: SharedOut(out.as_mut_ptr()),
         });
     }
-    let needs_acts = plans.iter().any(|p| !matches!(p.kind, Repacked::None));
+    let needs_acts = plans
+        .iter()
+        .any(|p| matches!(p.kind, Repacked::Interleaved(_) | Repacked::Q4_1(_)));
     let acts = if needs_acts {
         quantize_rows(x, cols)
+    } else {
+        Vec::new()
+    };
+    let acts_k = if plans.iter().any(|p| matches!(p.kind, Repacked::KQuant)) {
+        x.chunks_exact(cols)
+            .map(|row| {
+                let mut blocks = Vec::with_capacity(cols / kquant::QK_K);
+                kquant::quantize_activations(row, &mut blocks);
+                blocks
+            })
+            .collect()
     } else {
         Vec::new()
     };
@@ -248,6 +269,7 @@ pub fn matmul_group(
         cols,
         n,
         acts: &acts,
+        acts_k: &acts_k,
     };
     let total: usize = plans.iter().map(|p| p.tasks).sum();
     pool.run(total, &|mut task| {
@@ -261,6 +283,7 @@ pub fn matmul_group(
             match plan.kind {
                 Repacked::Interleaved(p) => group_task(p, &io, u0, u1, plan.out),
                 Repacked::Q4_1(p) => group_task(p, &io, u0, u1, plan.out),
+                Repacked::KQuant => kquant_task(plan.w, &io, u0, u1, plan.out),
                 Repacked::None => float_task(plan.w, &io, u0, u1, plan.out),
             }
             return;
@@ -290,6 +313,8 @@ struct Inputs<'a> {
     n: usize,
     /// Each row quantized to 8-bit blocks (integer kernels only).
     acts: &'a [Vec<qdot::Q8Block>],
+    /// Each row quantized to 256-value blocks (K-quant kernels only).
+    acts_k: &'a [Vec<kquant::Q8KBlock>],
 }
 
 /// Tokens per tile: the tile's activations stay in L2 while a task's rows stream.
@@ -315,6 +340,32 @@ fn float_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut)
             }
         }
         r += nb;
+    }
+}
+
+/// Rows `r0..r1` of a K-quant product, each row meeting the tokens four at a time.
+fn kquant_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut) {
+    let (rows, n) = (w.rows, io.n);
+    let simd = io.isa != Isa::Baseline;
+    let mut res = [0.0f32; kquant::MAX_TOKENS];
+    for t0 in (0..n).step_by(TOKEN_TILE) {
+        let t1 = (t0 + TOKEN_TILE).min(n);
+        for r in r0..r1 {
+            let row = w.row_bytes(r, r + 1);
+            let mut t = t0;
+            while t < t1 {
+                let nt = kquant::MAX_TOKENS.min(t1 - t);
+                let refs: [&[kquant::Q8KBlock]; kquant::MAX_TOKENS] =
+                    std::array::from_fn(|i| io.acts_k[t + i.min(nt - 1)].as_slice());
+                kquant::dot_row(w.dtype(), row, &refs[..nt], simd, &mut res);
+                for (i, v) in res[..nt].iter().enumerate() {
+                    // SAFETY: `t + i < n` and `r < r1 <= rows`: inside the output (n * rows
+                    // long); tasks own disjoint row ranges.
+                    unsafe { *out.at((t + i) * rows + r) = *v };
+                }
+                t += nt;
+            }
+        }
     }
 }
 

@@ -1,0 +1,485 @@
+//! Matrix kernels straight from K-quant weights (Q4_K, Q5_K, Q6_K) over activations
+//! quantized to 8-bit blocks of 256 values (ggml's Q8_K), as llama.cpp's CPU backend
+//! multiplies them.
+//!
+//! Per super-block of 256 values the product is exact integer arithmetic: each 32-value
+//! (Q4_K, Q5_K) or 16-value (Q6_K) sub-block's integer dot product times its integer
+//! scale, summed (`isum`), and for Q4_K/Q5_K the sub-block minimums times the
+//! activation sums (`msum`, from the blocks' 16-value sums). Then, in f32, one fused
+//! multiply-add per term: `acc = fma(isum, d_w * d_a, acc)` and
+//! `acc = fma(-msum, dmin_w * d_a, acc)`, super-blocks in order. The weights are used in
+//! the file layout (no repacked copy: a mapped file stays mapped); the SIMD kernels
+//! produce the same integers as the scalar reference and share its float steps, so
+//! every path gives the same bits (tested).
+
+use half::f16;
+
+use super::IntSimd as Simd;
+use crate::tensor::DType;
+
+/// Values per K-quant super-block (and per 8-bit activation block here).
+pub const QK_K: usize = 256;
+/// Most activation rows one kernel call handles.
+pub const MAX_TOKENS: usize = 4;
+
+/// One block of 256 activations quantized to 8 bits (ggml's `block_q8_K`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Q8KBlock {
+    /// Scale (f32, unlike the 32-value blocks).
+    pub d: f32,
+    /// Quantized values.
+    pub qs: [i8; QK_K],
+    /// Sums of each 16 consecutive values.
+    pub bsums: [i16; QK_K / 16],
+}
+
+/// True for the types these kernels multiply.
+pub fn supports(dtype: DType) -> bool {
+    matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K)
+}
+
+/// Quantizes `x` (a whole number of 256-value blocks) as ggml's
+/// `quantize_row_q8_K_ref`: the value of largest magnitude maps to -127, values are
+/// rounded half to even.
+pub fn quantize_activations(x: &[f32], out: &mut Vec<Q8KBlock>) {
+    out.clear();
+    for chunk in x.chunks_exact(QK_K) {
+        let (mut amax, mut max) = (0.0f32, 0.0f32);
+        for &v in chunk {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let mut b = Q8KBlock {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; QK_K / 16],
+        };
+        if amax != 0.0 {
+            let iscale = -127.0 / max;
+            for (q, &v) in b.qs.iter_mut().zip(chunk) {
+                *q = (round_half_even(iscale * v) as i32).min(127) as i8;
+            }
+            for (s, q) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+                *s = q.iter().map(|&v| v as i16).sum();
+            }
+            b.d = 1.0 / iscale;
+        }
+        out.push(b);
+    }
+}
+
+#[inline(always)]
+fn round_half_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (x + MAGIC) - MAGIC
+}
+
+#[inline(always)]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// The eight 6-bit scales and eight 6-bit minimums of a Q4_K/Q5_K super-block's 12
+/// packed bytes (ggml's `get_scale_min_k4` for every sub-block at once, by its
+/// word-wise unpacking).
+#[inline(always)]
+fn scales_mins(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let w = |i: usize| u32::from_le_bytes([packed[i], packed[i + 1], packed[i + 2], packed[i + 3]]);
+    let (w0, w1, w2) = (w(0), w(4), w(8));
+    let sc = [w0 & LOW6, (w2 & LOW4) | (((w0 >> 6) & LOW2) << 4)];
+    let mn = [w1 & LOW6, ((w2 >> 4) & LOW4) | (((w1 >> 6) & LOW2) << 4)];
+    let bytes = |v: [u32; 2]| {
+        let mut o = [0u8; 8];
+        o[..4].copy_from_slice(&v[0].to_le_bytes());
+        o[4..].copy_from_slice(&v[1].to_le_bytes());
+        o
+    };
+    (bytes(sc), bytes(mn))
+}
+
+/// The float steps of one super-block, shared by every path: `isum` and `msum` are
+/// exact, so equal integers give equal bits.
+#[inline(always)]
+fn accumulate(acc: f32, isum: i32, msum: i32, d: f32, dmin: f32) -> f32 {
+    let acc = (isum as f32).mul_add(d, acc);
+    (-(msum as f32)).mul_add(dmin, acc)
+}
+
+/// Exact integer sums `(isum, msum)` of one super-block of `dtype` against `a`: the
+/// defining arithmetic, value by value.
+fn block_sums_reference(dtype: DType, blk: &[u8], a: &Q8KBlock) -> (i32, i32) {
+    let y = |i: usize| a.qs[i] as i32;
+    match dtype {
+        DType::Q6_K => {
+            let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
+            let mut isum = 0;
+            for i in 0..QK_K {
+                // Value i: half n, quarter k, position l (ggml's dequantize_row_q6_K).
+                let (n, k, l) = (i / 128, (i % 128) / 32, i % 32);
+                let low = ql[64 * n + 32 * (k % 2) + l];
+                let nib = if k < 2 { low & 0xF } else { low >> 4 };
+                let high = (qh[32 * n + l] >> (2 * k)) & 3;
+                let q = (nib | (high << 4)) as i32 - 32;
+                isum += sc[i / 16] as i8 as i32 * q * y(i);
+            }
+            (isum, 0)
+        }
+        _ => {
+            let q5 = dtype == DType::Q5_K;
+            let (sc, mn) = scales_mins(&blk[4..16]);
+            let qs = if q5 { &blk[48..176] } else { &blk[16..144] };
+            let (mut isum, mut msum) = (0, 0);
+            for j in 0..8 {
+                let mut s = 0;
+                for l in 0..32 {
+                    let byte = qs[32 * (j / 2) + l];
+                    let mut q = (if j % 2 == 0 { byte & 0xF } else { byte >> 4 }) as i32;
+                    if q5 && (blk[16 + l] >> j) & 1 != 0 {
+                        q += 16;
+                    }
+                    s += q * y(32 * j + l);
+                }
+                isum += sc[j] as i32 * s;
+                msum += mn[j] as i32 * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32);
+            }
+            (isum, msum)
+        }
+    }
+}
+
+/// The scale products `(d_w * d_a, dmin_w * d_a)` of a super-block.
+#[inline(always)]
+fn block_scales(dtype: DType, blk: &[u8], a: &Q8KBlock) -> (f32, f32) {
+    match dtype {
+        DType::Q6_K => (f16_at(blk, 208) * a.d, 0.0),
+        _ => (f16_at(blk, 0) * a.d, f16_at(blk, 2) * a.d),
+    }
+}
+
+/// The defining arithmetic of a row of `dtype` (file layout) against quantized
+/// activations: the module's per-super-block sums and float steps.
+pub fn dot_reference(dtype: DType, row: &[u8], acts: &[Q8KBlock]) -> f32 {
+    assert!(supports(dtype));
+    let mut acc = 0.0f32;
+    for (blk, a) in row.chunks_exact(dtype.block_bytes()).zip(acts) {
+        let (isum, msum) = block_sums_reference(dtype, blk, a);
+        let (d, dmin) = block_scales(dtype, blk, a);
+        acc = accumulate(acc, isum, msum, d, dmin);
+    }
+    acc
+}
+
+/// Dot products of one row of `dtype` (file layout, `acts[t].len()` super-blocks) with
+/// up to [`MAX_TOKENS`] activation rows: `out[t]`. `use_simd` selects the AVX2 kernel
+/// where the CPU has it; every path gives the bits of [`dot_reference`].
+pub fn dot_row(dtype: DType, row: &[u8], acts: &[&[Q8KBlock]], use_simd: bool, out: &mut [f32]) {
+    let simd = if use_simd { detect() } else { None };
+    dot_row_with(simd, dtype, row, acts, out)
+}
+
+fn detect() -> Option<Simd> {
+    #[cfg(target_arch = "x86_64")]
+    return Simd::detect();
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+fn dot_row_with(
+    simd: Option<Simd>,
+    dtype: DType,
+    row: &[u8],
+    acts: &[&[Q8KBlock]],
+    out: &mut [f32],
+) {
+    let nt = acts.len();
+    assert!(supports(dtype) && (1..=MAX_TOKENS).contains(&nt) && out.len() >= nt);
+    let bb = dtype.block_bytes();
+    assert!(row.len().is_multiple_of(bb));
+    let nb = row.len() / bb;
+    assert!(acts.iter().all(|a| a.len() >= nb));
+    #[cfg(target_arch = "x86_64")]
+    if simd.is_some() {
+        // SAFETY: `simd` is only ever a kernel whose features `Simd::detect` (or
+        // `Simd::available`) found, and both variants include AVX2; the row holds `nb`
+        // whole super-blocks and every activation row at least `nb` blocks (asserted
+        // above), which is all the kernel reads.
+        unsafe {
+            match (dtype, nt) {
+                (DType::Q6_K, 1) => row_avx2::<Q6, 1>(row, nb, acts, out),
+                (DType::Q6_K, 2) => row_avx2::<Q6, 2>(row, nb, acts, out),
+                (DType::Q6_K, 3) => row_avx2::<Q6, 3>(row, nb, acts, out),
+                (DType::Q6_K, _) => row_avx2::<Q6, 4>(row, nb, acts, out),
+                (DType::Q5_K, 1) => row_avx2::<Q5, 1>(row, nb, acts, out),
+                (DType::Q5_K, 2) => row_avx2::<Q5, 2>(row, nb, acts, out),
+                (DType::Q5_K, 3) => row_avx2::<Q5, 3>(row, nb, acts, out),
+                (DType::Q5_K, _) => row_avx2::<Q5, 4>(row, nb, acts, out),
+                (_, 1) => row_avx2::<Q4, 1>(row, nb, acts, out),
+                (_, 2) => row_avx2::<Q4, 2>(row, nb, acts, out),
+                (_, 3) => row_avx2::<Q4, 3>(row, nb, acts, out),
+                (_, _) => row_avx2::<Q4, 4>(row, nb, acts, out),
+            }
+        }
+        return;
+    }
+    let _ = simd;
+    for (o, a) in out.iter_mut().zip(acts) {
+        *o = dot_reference(dtype, row, a);
+    }
+}
+
+/// Kernel selectors (const generic: which type the AVX2 kernel decodes).
+const Q4: u8 = 0;
+const Q5: u8 = 1;
+const Q6: u8 = 2;
+
+/// One row against `T` tokens with AVX2. Per super-block the quants are unpacked to
+/// unsigned bytes once and shared by the tokens: `vpmaddubsw` pair sums (at most
+/// 2 * 63 * 127, no saturation), `vpmaddwd` by the sub-block scales, 32-bit sums, one
+/// horizontal sum per super-block. Q6_K's offset of 32 comes off as
+/// `32 * sum(scale * bsum)`. Then the reference's float steps.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row_avx2<const K: u8, const T: usize>(
+    row: &[u8],
+    nb: usize,
+    acts: &[&[Q8KBlock]],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let dtype = match K {
+        Q4 => DType::Q4_K,
+        Q5 => DType::Q5_K,
+        _ => DType::Q6_K,
+    };
+    let bb = dtype.block_bytes();
+    let low4 = _mm256_set1_epi8(0x0f);
+    let low2 = _mm256_set1_epi8(0x03);
+    let one = _mm256_set1_epi8(0x01);
+    let mut acc = [0.0f32; T];
+    for b in 0..nb {
+        let blk = &row[b * bb..(b + 1) * bb];
+        let p = blk.as_ptr();
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * bb) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * bb + 64) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * bb + 128) as *const i8);
+        let a: [&Q8KBlock; T] = std::array::from_fn(|t| acts[t].get_unchecked(b));
+        let mut isum = [_mm256_setzero_si256(); T];
+        let mut msum = [0i32; T];
+        // SAFETY (all loads below): offsets inside the super-block's `bb` bytes and
+        // inside each activation block's 256 values.
+        let load = |at: usize| _mm256_loadu_si256(p.add(at) as *const __m256i);
+        let y =
+            |t: usize, at: usize| _mm256_loadu_si256(a[t].qs.as_ptr().add(at) as *const __m256i);
+        if K == Q6 {
+            for n in 0..2 {
+                let (ql0, ql1) = (load(64 * n), load(64 * n + 32));
+                let h = load(128 + 32 * n);
+                let hi2 = |shift: i32| {
+                    let v = _mm256_srl_epi16(h, _mm_cvtsi32_si128(shift));
+                    _mm256_slli_epi16(_mm256_and_si256(v, low2), 4)
+                };
+                let u = [
+                    _mm256_or_si256(_mm256_and_si256(ql0, low4), hi2(0)),
+                    _mm256_or_si256(_mm256_and_si256(ql1, low4), hi2(2)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), hi2(4)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4), hi2(6)),
+                ];
+                for (k, u) in u.iter().enumerate() {
+                    let s = 8 * n + 2 * k;
+                    let sc = _mm256_set_m128i(
+                        _mm_set1_epi16(blk[192 + s + 1] as i8 as i16),
+                        _mm_set1_epi16(blk[192 + s] as i8 as i16),
+                    );
+                    for (t, isum) in isum.iter_mut().enumerate() {
+                        let prod = _mm256_maddubs_epi16(*u, y(t, 128 * n + 32 * k));
+                        *isum = _mm256_add_epi32(*isum, _mm256_madd_epi16(prod, sc));
+                    }
+                }
+            }
+            let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
+            for t in 0..T {
+                let bs = _mm256_loadu_si256(a[t].bsums.as_ptr() as *const __m256i);
+                let corr = hsum_i32(_mm256_madd_epi16(sc16, bs));
+                msum[t] = 0;
+                isum[t] =
+                    _mm256_sub_epi32(isum[t], _mm256_setr_epi32(32 * corr, 0, 0, 0, 0, 0, 0, 0));
+            }
+        } else {
+            let (sc, mn) = scales_mins(&blk[4..16]);
+            let qs = if K == Q5 { 48 } else { 16 };
+            let qh = if K == Q5 {
+                load(16)
+            } else {
+                _mm256_setzero_si256()
+            };
+            for j in 0..4 {
+                let q = load(qs + 32 * j);
+                let mut lo = _mm256_and_si256(q, low4);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+                if K == Q5 {
+                    let bit = |s: i32| {
+                        let v = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s));
+                        _mm256_slli_epi16(_mm256_and_si256(v, one), 4)
+                    };
+                    lo = _mm256_or_si256(lo, bit(2 * j as i32));
+                    hi = _mm256_or_si256(hi, bit(2 * j as i32 + 1));
+                }
+                let sl = _mm256_set1_epi16(sc[2 * j] as i16);
+                let sh = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+                for (t, isum) in isum.iter_mut().enumerate() {
+                    let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y(t, 64 * j)), sl);
+                    let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y(t, 64 * j + 32)), sh);
+                    *isum = _mm256_add_epi32(*isum, _mm256_add_epi32(pl, ph));
+                }
+            }
+            for t in 0..T {
+                let bs = &a[t].bsums;
+                msum[t] = (0..8)
+                    .map(|j| mn[j] as i32 * (bs[2 * j] as i32 + bs[2 * j + 1] as i32))
+                    .sum();
+            }
+        }
+        for t in 0..T {
+            let (d, dmin) = block_scales(dtype, blk, a[t]);
+            acc[t] = accumulate(acc[t], hsum_i32(isum[t]), msum[t], d, dmin);
+        }
+    }
+    out[..T].copy_from_slice(&acc);
+}
+
+/// Sum of the eight 32-bit lanes (exact, any order).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn hsum_i32(v: std::arch::x86_64::__m256i) -> i32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quant;
+    use crate::kernels::test_values as values;
+
+    /// Random but valid super-blocks of `dtype`: random quant and scale bytes, small
+    /// positive f16 scales.
+    fn random_row(dtype: DType, blocks: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 33) as u8
+        };
+        let bb = dtype.block_bytes();
+        let mut row: Vec<u8> = (0..blocks * bb).map(|_| next()).collect();
+        for blk in row.chunks_exact_mut(bb) {
+            let put = |blk: &mut [u8], at: usize, v: f32| {
+                blk[at..at + 2].copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes())
+            };
+            let r = next() as f32 / 255.0;
+            if dtype == DType::Q6_K {
+                put(blk, 208, 0.001 + 0.01 * r);
+            } else {
+                put(blk, 0, 0.001 + 0.01 * r);
+                put(blk, 2, 0.0005 + 0.005 * r);
+            }
+        }
+        row
+    }
+
+    #[test]
+    fn activation_quantization_follows_ggml() {
+        let mut x = values(512, 7);
+        x[3] = -9.0; // the largest magnitude: it maps to -127 (scale -127/max)
+        let mut blocks = Vec::new();
+        quantize_activations(&x, &mut blocks);
+        assert_eq!(blocks.len(), 2);
+        assert_eq!(blocks[0].qs[3], -127);
+        assert_eq!(blocks[0].d, 1.0 / (-127.0 / -9.0f32));
+        for (b, chunk) in blocks.iter().zip(x.chunks_exact(QK_K)) {
+            for (q, v) in b.qs.iter().zip(chunk) {
+                assert!((*q as f32 * b.d - v).abs() <= b.d.abs() * 0.5 + 1e-6);
+            }
+            for (s, q) in b.bsums.iter().zip(b.qs.chunks_exact(16)) {
+                assert_eq!(*s as i32, q.iter().map(|&v| v as i32).sum::<i32>());
+            }
+        }
+        quantize_activations(&[0.0; 256], &mut blocks);
+        assert_eq!((blocks[0].d, blocks[0].qs), (0.0, [0; 256]));
+    }
+
+    #[test]
+    fn scale_unpacking_matches_ggml() {
+        let packed: Vec<u8> = (0..12u8)
+            .map(|i| i.wrapping_mul(97).wrapping_add(0xC3))
+            .collect();
+        let (sc, mn) = scales_mins(&packed);
+        for j in 0..8 {
+            assert_eq!(
+                (sc[j], mn[j]),
+                quant::scale_min_k4(j, &packed),
+                "sub-block {j}"
+            );
+        }
+    }
+
+    /// Every kernel and token count gives the reference's bits, and the reference is the
+    /// exact dot of the dequantized row (ggml's `dequantize_row_*`) with the quantized
+    /// activations, up to f32 rounding.
+    #[test]
+    fn kernels_match_the_reference_bit_for_bit() {
+        for dtype in [DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+            let nb = 3;
+            let row = random_row(dtype, nb, dtype as u64 + 1);
+            let acts: Vec<Vec<Q8KBlock>> = (0..MAX_TOKENS as u64)
+                .map(|t| {
+                    let mut a = Vec::new();
+                    quantize_activations(&values(nb * QK_K, 40 + t), &mut a);
+                    a
+                })
+                .collect();
+            let mut w = vec![0.0f32; nb * QK_K];
+            quant::dequantize(dtype, &row, &mut w);
+            for a in &acts {
+                let exact: f64 = a
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(b, blk)| {
+                        blk.qs
+                            .iter()
+                            .enumerate()
+                            .map(move |(i, q)| (b * QK_K + i, *q as f64 * blk.d as f64))
+                    })
+                    .map(|(i, y)| w[i] as f64 * y)
+                    .sum();
+                let got = dot_reference(dtype, &row, a) as f64;
+                let scale: f64 = w.iter().map(|v| v.abs() as f64).sum::<f64>() * 2.0;
+                assert!(
+                    (got - exact).abs() <= 1e-5 * scale,
+                    "{dtype:?}: {got} vs {exact}"
+                );
+            }
+            let kernels = std::iter::once(None).chain(Simd::available().into_iter().map(Some));
+            for simd in kernels {
+                for nt in 1..=MAX_TOKENS {
+                    let a: Vec<&[Q8KBlock]> = acts[..nt].iter().map(Vec::as_slice).collect();
+                    let mut out = vec![f32::NAN; nt];
+                    dot_row_with(simd, dtype, &row, &a, &mut out);
+                    for t in 0..nt {
+                        let want = dot_reference(dtype, &row, &acts[t]);
+                        assert_eq!(out[t].to_bits(), want.to_bits(), "{dtype:?} {simd:?} {nt}");
+                    }
+                }
+            }
+        }
+    }
+}
