@@ -7,7 +7,7 @@
 #       --threads 1 --builds clang --no-build   # a smoke test of a few seconds
 #
 # Options:
-#   --models A,B,...   GGUF files (default: the three below). An entry may end in @P/N to
+#   --models A,B,...   GGUF files (default: the four below). An entry may end in @P/N to
 #                      set its own prompt/generation lengths, e.g. models/x.gguf@128/16.
 #   --threads 1,2      thread counts (default: 1 and all cores)
 #   -p N, -n N         prompt / generation length for every model (default per model:
@@ -33,6 +33,8 @@
 #   models/SmolLM2-135M-Instruct.Q8_0.gguf  llama-quantize --allow-requantize ... Q8_0
 #   models/llama2-7b-random-q4_0.gguf       llama2 convert --random 7b --type q4_0
 #                                           (Llama 2 shapes, random weights, 3.8 GB)
+#   models/llama2-7b-random-q4_k_m.gguf     llama-quantize --allow-requantize ... Q4_K_M
+#                                           of the file above (Q4_K and Q6_K tensors)
 #
 # What it does: builds what is missing (llama.cpp via scripts/build-llama-cpp.sh into
 # target/llama.cpp/build-clang and, with --plain, build-plain; bench/membw.c with
@@ -55,7 +57,8 @@ log() { echo "[bench] $*" >&2; }
 DEFAULT_Q4=models/SmolLM2-135M-Instruct.Q4_1.gguf
 DEFAULT_Q8=models/SmolLM2-135M-Instruct.Q8_0.gguf
 DEFAULT_7B=models/llama2-7b-random-q4_0.gguf
-MODELS="$DEFAULT_Q4,$DEFAULT_Q8,$DEFAULT_7B"
+DEFAULT_7BK=models/llama2-7b-random-q4_k_m.gguf
+MODELS="$DEFAULT_Q4,$DEFAULT_Q8,$DEFAULT_7B,$DEFAULT_7BK"
 NPROC="$(nproc)"
 THREADS="1"; [ "$NPROC" -gt 1 ] && THREADS="1,$NPROC"
 P=""; N=""; R=""; BUILDS="clang,plain"; INTERLEAVE=rep; QUICK=0
@@ -156,6 +159,14 @@ ensure_model() {  # makes the default models when missing; others must exist
             log "making $m (Q8_0 re-quantisation of $DEFAULT_Q4)"
             "$QUANTIZE" --allow-requantize "$DEFAULT_Q4" "$m.tmp" Q8_0 > "$RAW/quantize.log" 2>&1 ||
                 { tail -20 "$RAW/quantize.log" >&2; die "llama-quantize failed"; }
+            mv "$m.tmp" "$m" ;;
+        "$DEFAULT_7BK")
+            ensure_model "$DEFAULT_7B"
+            [ -x "$QUANTIZE" ] || die "no llama-quantize (run scripts/build-llama-cpp.sh)"
+            log "making $m (Q4_K_M re-quantisation of $DEFAULT_7B; takes a while)"
+            "$QUANTIZE" --allow-requantize "$DEFAULT_7B" "$m.tmp" Q4_K_M "$NPROC" \
+                > "$RAW/quantize-7b.log" 2>&1 ||
+                { tail -20 "$RAW/quantize-7b.log" >&2; die "llama-quantize failed"; }
             mv "$m.tmp" "$m" ;;
         "$DEFAULT_7B")
             log "making $m (random weights, Llama 2 7B shapes; takes a while)"

@@ -424,6 +424,12 @@ impl GroupKernel for qdot::InterleavedQ4_1 {
 
 /// Largest `GROUP * MAX_TOKENS` of the [`GroupKernel`]s (their result tile).
 const MAX_GROUP_TILE: usize = 32;
+/// Largest `MAX_TOKENS` of the [`GroupKernel`]s.
+const MAX_KERNEL_TOKENS: usize = 4;
+const _: () =
+    assert!(packed::MAX_TOKENS <= MAX_KERNEL_TOKENS && qdot::MAX_TOKENS <= MAX_KERNEL_TOKENS);
+const _: () = assert!(packed::GROUP * packed::MAX_TOKENS <= MAX_GROUP_TILE);
+const _: () = assert!(qdot::GROUP * qdot::MAX_TOKENS <= MAX_GROUP_TILE);
 
 /// Groups `g0..g1` of an interleaved product: each group meets the tokens
 /// `MAX_TOKENS` at a time, a tile of tokens at once.
@@ -443,7 +449,7 @@ fn group_task<K: GroupKernel>(w: &K, io: &Inputs<'_>, g0: usize, g1: usize, out:
         for g in g0..g1 {
             let live = K::GROUP.min(rows - g * K::GROUP);
             for (k, chunk) in tile.chunks(K::MAX_TOKENS).enumerate() {
-                let refs: [&[qdot::Q8Block]; MAX_GROUP_TILE] =
+                let refs: [&[qdot::Q8Block]; MAX_KERNEL_TOKENS] =
                     std::array::from_fn(|i| chunk.get(i).map_or(&[][..], Vec::as_slice));
                 w.dot_group(g, &refs[..chunk.len()], simd, &mut res);
                 for (i, vals) in res.chunks_exact(K::GROUP).take(chunk.len()).enumerate() {
