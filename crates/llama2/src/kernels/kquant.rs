@@ -2,15 +2,18 @@
 //! quantized to 8-bit blocks of 256 values (ggml's Q8_K), as llama.cpp's CPU backend
 //! multiplies them.
 //!
-//! Per super-block of 256 values the product is exact integer arithmetic: each 32-value
-//! (Q4_K, Q5_K) or 16-value (Q6_K) sub-block's integer dot product times its integer
-//! scale, summed (`isum`), and for Q4_K/Q5_K the sub-block minimums times the
-//! activation sums (`msum`, from the blocks' 16-value sums). Then, in f32, one fused
-//! multiply-add per term: `acc = fma(isum, d_w * d_a, acc)` and
-//! `acc = fma(-msum, dmin_w * d_a, acc)`, super-blocks in order. The weights are used in
-//! the file layout (no repacked copy: a mapped file stays mapped); the SIMD kernels
-//! produce the same integers as the scalar reference and share its float steps, so
-//! every path gives the same bits (tested).
+//! Per super-block of 256 values the product is exact integer arithmetic in eight lanes:
+//! lane `k` takes the products of the unsigned quants with values `4k..4k + 4` of every
+//! 32-value run (Q4_K/Q5_K: each run one sub-block with its scale; Q6_K: two 16-value
+//! sub-blocks, lanes 0-3 and 4-7), times their integer scales; then, from the
+//! activations' 16-value sums, Q6_K's offset of 32 comes off (lane `k`: sub-blocks `2k`,
+//! `2k + 1`) and for Q4_K/Q5_K the minimums times the sums (lane `k`: sub-block `k`). Then in f32, lane by lane, one fused
+//! multiply-add per super-block: `acc = fma(isum, d_w * d_a, acc)`, `accm = fma(msum,
+//! dmin_w * d_a, accm)`; at the end `sum(acc) - sum(accm)` by a fixed tree. This is the
+//! shape of llama.cpp's AVX2 `vec_dot_q4_K_q8_K` (no horizontal sum per super-block). The
+//! weights are used in the file layout (no repacked copy: a mapped file stays mapped);
+//! the SIMD kernels produce the scalar reference's integers and float steps, so every
+//! path gives the same bits (tested).
 
 use half::f16;
 
@@ -102,54 +105,60 @@ fn scales_mins(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
     (bytes(sc), bytes(mn))
 }
 
-/// The float steps of one super-block, shared by every path: `isum` and `msum` are
-/// exact, so equal integers give equal bits.
+/// Lanes of the per-super-block sums.
+const LANES: usize = 8;
+
+/// The final reduction of the lane accumulators, shared by every path.
 #[inline(always)]
-fn accumulate(acc: f32, isum: i32, msum: i32, d: f32, dmin: f32) -> f32 {
-    let acc = (isum as f32).mul_add(d, acc);
-    (-(msum as f32)).mul_add(dmin, acc)
+fn finish(acc: [f32; LANES], accm: [f32; LANES]) -> f32 {
+    let tree = |a: [f32; LANES]| {
+        let r = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+        (r[0] + r[2]) + (r[1] + r[3])
+    };
+    tree(acc) - tree(accm)
 }
 
-/// Exact integer sums `(isum, msum)` of one super-block of `dtype` against `a`: the
-/// defining arithmetic, value by value.
-fn block_sums_reference(dtype: DType, blk: &[u8], a: &Q8KBlock) -> (i32, i32) {
+/// Exact integer lane sums `(isum, msum)` of one super-block of `dtype` against `a`:
+/// the defining arithmetic, value by value.
+fn block_sums_reference(dtype: DType, blk: &[u8], a: &Q8KBlock) -> ([i32; LANES], [i32; LANES]) {
     let y = |i: usize| a.qs[i] as i32;
+    let (mut isum, mut msum) = ([0i32; LANES], [0i32; LANES]);
     match dtype {
         DType::Q6_K => {
             let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
-            let mut isum = 0;
             for i in 0..QK_K {
                 // Value i: half n, quarter k, position l (ggml's dequantize_row_q6_K).
                 let (n, k, l) = (i / 128, (i % 128) / 32, i % 32);
                 let low = ql[64 * n + 32 * (k % 2) + l];
                 let nib = if k < 2 { low & 0xF } else { low >> 4 };
                 let high = (qh[32 * n + l] >> (2 * k)) & 3;
-                let q = (nib | (high << 4)) as i32 - 32;
-                isum += sc[i / 16] as i8 as i32 * q * y(i);
+                let u = (nib | (high << 4)) as i32;
+                isum[(i % 32) / 4] += sc[i / 16] as i8 as i32 * u * y(i);
             }
-            (isum, 0)
+            // The offset of 32: lane k takes sub-blocks 2k and 2k + 1.
+            for (k, lane) in isum.iter_mut().enumerate() {
+                let s = |j: usize| sc[j] as i8 as i32 * a.bsums[j] as i32;
+                *lane -= 32 * (s(2 * k) + s(2 * k + 1));
+            }
         }
         _ => {
             let q5 = dtype == DType::Q5_K;
             let (sc, mn) = scales_mins(&blk[4..16]);
             let qs = if q5 { &blk[48..176] } else { &blk[16..144] };
-            let (mut isum, mut msum) = (0, 0);
             for j in 0..8 {
-                let mut s = 0;
                 for l in 0..32 {
                     let byte = qs[32 * (j / 2) + l];
                     let mut q = (if j % 2 == 0 { byte & 0xF } else { byte >> 4 }) as i32;
                     if q5 && (blk[16 + l] >> j) & 1 != 0 {
                         q += 16;
                     }
-                    s += q * y(32 * j + l);
+                    isum[l / 4] += sc[j] as i32 * q * y(32 * j + l);
                 }
-                isum += sc[j] as i32 * s;
-                msum += mn[j] as i32 * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32);
+                msum[j] = mn[j] as i32 * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32);
             }
-            (isum, msum)
         }
     }
+    (isum, msum)
 }
 
 /// The scale products `(d_w * d_a, dmin_w * d_a)` of a super-block.
@@ -165,13 +174,16 @@ fn block_scales(dtype: DType, blk: &[u8], a: &Q8KBlock) -> (f32, f32) {
 /// activations: the module's per-super-block sums and float steps.
 pub fn dot_reference(dtype: DType, row: &[u8], acts: &[Q8KBlock]) -> f32 {
     assert!(supports(dtype));
-    let mut acc = 0.0f32;
+    let (mut acc, mut accm) = ([0.0f32; LANES], [0.0f32; LANES]);
     for (blk, a) in row.chunks_exact(dtype.block_bytes()).zip(acts) {
         let (isum, msum) = block_sums_reference(dtype, blk, a);
         let (d, dmin) = block_scales(dtype, blk, a);
-        acc = accumulate(acc, isum, msum, d, dmin);
+        for k in 0..LANES {
+            acc[k] = (isum[k] as f32).mul_add(d, acc[k]);
+            accm[k] = (msum[k] as f32).mul_add(dmin, accm[k]);
+        }
     }
-    acc
+    finish(acc, accm)
 }
 
 /// Dot products of one row of `dtype` (file layout, `acts[t].len()` super-blocks) with
@@ -260,7 +272,8 @@ unsafe fn row_avx2<const K: u8, const T: usize>(
     let low4 = _mm256_set1_epi8(0x0f);
     let low2 = _mm256_set1_epi8(0x03);
     let one = _mm256_set1_epi8(0x01);
-    let mut acc = [0.0f32; T];
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut accm = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let blk = &row[b * bb..(b + 1) * bb];
         let p = blk.as_ptr();
@@ -269,7 +282,7 @@ unsafe fn row_avx2<const K: u8, const T: usize>(
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(2 * bb + 128) as *const i8);
         let a: [&Q8KBlock; T] = std::array::from_fn(|t| acts[t].get_unchecked(b));
         let mut isum = [_mm256_setzero_si256(); T];
-        let mut msum = [0i32; T];
+        let mut msum = [_mm256_setzero_si256(); T];
         // SAFETY (all loads below): offsets inside the super-block's `bb` bytes and
         // inside each activation block's 256 values.
         let load = |at: usize| _mm256_loadu_si256(p.add(at) as *const __m256i);
@@ -302,12 +315,10 @@ unsafe fn row_avx2<const K: u8, const T: usize>(
                 }
             }
             let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
-            for t in 0..T {
+            for (t, isum) in isum.iter_mut().enumerate() {
                 let bs = _mm256_loadu_si256(a[t].bsums.as_ptr() as *const __m256i);
-                let corr = hsum_i32(_mm256_madd_epi16(sc16, bs));
-                msum[t] = 0;
-                isum[t] =
-                    _mm256_sub_epi32(isum[t], _mm256_setr_epi32(32 * corr, 0, 0, 0, 0, 0, 0, 0));
+                let corr = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5);
+                *isum = _mm256_sub_epi32(*isum, corr);
             }
         } else {
             let (sc, mn) = scales_mins(&blk[4..16]);
@@ -337,30 +348,38 @@ unsafe fn row_avx2<const K: u8, const T: usize>(
                     *isum = _mm256_add_epi32(*isum, _mm256_add_epi32(pl, ph));
                 }
             }
-            for t in 0..T {
-                let bs = &a[t].bsums;
-                msum[t] = (0..8)
-                    .map(|j| mn[j] as i32 * (bs[2 * j] as i32 + bs[2 * j + 1] as i32))
-                    .sum();
+            // Each minimum twice, against the pair of 16-value sums of its sub-block.
+            let mn = _mm_loadl_epi64(mn.as_ptr() as *const __m128i);
+            let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
+            for (t, msum) in msum.iter_mut().enumerate() {
+                let bs = _mm256_loadu_si256(a[t].bsums.as_ptr() as *const __m256i);
+                *msum = _mm256_madd_epi16(bs, mins);
             }
         }
+        // The super-block's f16 scale (and minimum scale) at once; Q6_K's scale is its
+        // last two bytes, so only those are read.
+        let bits = if K == Q6 {
+            (p.add(208) as *const u16).read_unaligned() as i32
+        } else {
+            (p as *const i32).read_unaligned()
+        };
+        let dw = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
         for t in 0..T {
-            let (d, dmin) = block_scales(dtype, blk, a[t]);
-            acc[t] = accumulate(acc[t], hsum_i32(isum[t]), msum[t], d, dmin);
+            let ds = _mm_mul_ps(dw, _mm_set1_ps(a[t].d));
+            let d = _mm256_broadcastss_ps(ds);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), d, acc[t]);
+            if K != Q6 {
+                let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(ds));
+                accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum[t]), dmin, accm[t]);
+            }
         }
     }
-    out[..T].copy_from_slice(&acc);
-}
-
-/// Sum of the eight 32-bit lanes (exact, any order).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn hsum_i32(v: std::arch::x86_64::__m256i) -> i32 {
-    use std::arch::x86_64::*;
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-    _mm_cvtsi128_si32(s)
+    for t in 0..T {
+        let (mut l, mut m) = ([0.0f32; LANES], [0.0f32; LANES]);
+        _mm256_storeu_ps(l.as_mut_ptr(), acc[t]);
+        _mm256_storeu_ps(m.as_mut_ptr(), accm[t]);
+        out[t] = finish(l, m);
+    }
 }
 
 #[cfg(test)]
