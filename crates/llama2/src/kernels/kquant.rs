@@ -215,26 +215,31 @@ fn dot_row_with(
     let nb = row.len() / bb;
     assert!(acts.iter().all(|a| a.len() >= nb));
     #[cfg(target_arch = "x86_64")]
-    if simd.is_some() {
-        // SAFETY: `simd` is only ever a kernel whose features `Simd::detect` (or
-        // `Simd::available`) found, and both variants include AVX2; the row holds `nb`
-        // whole super-blocks and every activation row at least `nb` blocks (asserted
-        // above), which is all the kernel reads.
-        unsafe {
-            match (dtype, nt) {
-                (DType::Q6_K, 1) => row_avx2::<Q6, 1>(row, nb, acts, out),
-                (DType::Q6_K, 2) => row_avx2::<Q6, 2>(row, nb, acts, out),
-                (DType::Q6_K, 3) => row_avx2::<Q6, 3>(row, nb, acts, out),
-                (DType::Q6_K, _) => row_avx2::<Q6, 4>(row, nb, acts, out),
-                (DType::Q5_K, 1) => row_avx2::<Q5, 1>(row, nb, acts, out),
-                (DType::Q5_K, 2) => row_avx2::<Q5, 2>(row, nb, acts, out),
-                (DType::Q5_K, 3) => row_avx2::<Q5, 3>(row, nb, acts, out),
-                (DType::Q5_K, _) => row_avx2::<Q5, 4>(row, nb, acts, out),
-                (_, 1) => row_avx2::<Q4, 1>(row, nb, acts, out),
-                (_, 2) => row_avx2::<Q4, 2>(row, nb, acts, out),
-                (_, 3) => row_avx2::<Q4, 3>(row, nb, acts, out),
-                (_, _) => row_avx2::<Q4, 4>(row, nb, acts, out),
-            }
+    if let Some(simd) = simd {
+        macro_rules! go {
+            ($k:expr) => {
+                // SAFETY: `simd` is only ever a kernel whose features `Simd::detect` (or
+                // `Simd::available`) found; the row holds `nb` whole super-blocks and
+                // every activation row at least `nb` blocks (asserted above), which is
+                // all the kernel reads.
+                unsafe {
+                    match (simd, nt) {
+                        (Simd::Avx2, 1) => row_avx2::<{ $k }, 1>(row, nb, acts, out),
+                        (Simd::Avx2, 2) => row_avx2::<{ $k }, 2>(row, nb, acts, out),
+                        (Simd::Avx2, 3) => row_avx2::<{ $k }, 3>(row, nb, acts, out),
+                        (Simd::Avx2, _) => row_avx2::<{ $k }, 4>(row, nb, acts, out),
+                        (Simd::Vnni, 1) => row_avx512::<{ $k }, 1>(row, nb, acts, out),
+                        (Simd::Vnni, 2) => row_avx512::<{ $k }, 2>(row, nb, acts, out),
+                        (Simd::Vnni, 3) => row_avx512::<{ $k }, 3>(row, nb, acts, out),
+                        (Simd::Vnni, _) => row_avx512::<{ $k }, 4>(row, nb, acts, out),
+                    }
+                }
+            };
+        }
+        match dtype {
+            DType::Q6_K => go!(Q6),
+            DType::Q5_K => go!(Q5),
+            _ => go!(Q4),
         }
         return;
     }
@@ -249,14 +254,38 @@ const Q4: u8 = 0;
 const Q5: u8 = 1;
 const Q6: u8 = 2;
 
-/// One row against `T` tokens with AVX2. Per super-block the quants are unpacked to
-/// unsigned bytes once and shared by the tokens: `vpmaddubsw` pair sums (at most
-/// 2 * 63 * 127, no saturation), `vpmaddwd` by the sub-block scales, 32-bit sums, one
-/// horizontal sum per super-block. Q6_K's offset of 32 comes off as
-/// `32 * sum(scale * bsum)`. Then the reference's float steps.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn row_avx2<const K: u8, const T: usize>(
+    row: &[u8],
+    nb: usize,
+    acts: &[&[Q8KBlock]],
+    out: &mut [f32],
+) {
+    row_kernel::<K, T>(row, nb, acts, out)
+}
+
+/// [`row_kernel`] with AVX-512's 32 vector registers (no spills at four tokens; the
+/// products on 512-bit registers measured slower on Zen 4, which splits them).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn row_avx512<const K: u8, const T: usize>(
+    row: &[u8],
+    nb: usize,
+    acts: &[&[Q8KBlock]],
+    out: &mut [f32],
+) {
+    row_kernel::<K, T>(row, nb, acts, out)
+}
+
+/// One row against `T` tokens (compiled into each wrapper above). Per super-block the
+/// quants are unpacked to unsigned bytes once and shared by the tokens: `vpmaddubsw`
+/// pair sums (at most 2 * 63 * 127, no saturation), `vpmaddwd` by the sub-block scales,
+/// 32-bit lane sums; Q6_K's offset of 32 and the minimums by `vpmaddwd` on the
+/// activations' 16-value sums. Then the reference's float steps, lane by lane.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn row_kernel<const K: u8, const T: usize>(
     row: &[u8],
     nb: usize,
     acts: &[&[Q8KBlock]],
