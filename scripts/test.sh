@@ -2,11 +2,22 @@
 # The whole test suite: the Rust workspace, then the Python package (`llama`) built from
 # python/ into a virtual environment under target/ and tested with pytest on the
 # fixture checkpoints. Needs Rust and Python >= 3.9 (with venv and pip); the Python
-# build backend (maturin) and pytest come from PyPI.
+# build backend (maturin) and pytest come from PyPI. Where the aarch64 target, its
+# linker and qemu-user are present (`.ci/run` installs them), the kernel tests also run
+# as aarch64 code under emulation, so the NEON kernels are checked on x86 machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo test --workspace
+
+if rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu &&
+    command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+        cargo test --target aarch64-unknown-linux-gnu -p llama2 --lib kernels
+else
+    echo "test.sh: no aarch64 cross toolchain + qemu-user: NEON kernel tests skipped" >&2
+fi
 
 venv=target/py-venv
 python3 -m venv "$venv"

@@ -35,6 +35,7 @@ impl Isa {
 
     /// Every instruction set usable on this CPU (for tests and benchmarks).
     pub fn available() -> Vec<Isa> {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut v = vec![Isa::Baseline];
         #[cfg(target_arch = "x86_64")]
         {

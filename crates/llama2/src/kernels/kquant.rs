@@ -195,10 +195,97 @@ pub fn dot_row(dtype: DType, row: &[u8], acts: &[&[Q8KBlock]], use_simd: bool, o
 }
 
 fn detect() -> Option<Simd> {
-    #[cfg(target_arch = "x86_64")]
-    return Simd::detect();
-    #[cfg(not(target_arch = "x86_64"))]
-    None
+    Simd::detect()
+}
+
+/// One row against one token with NEON: the reference's eight integer lanes
+/// (`lanes4_neon` per 16 bytes, times the sub-block scale), the offset or minimum lanes
+/// from the activations' 16-value sums, then the reference's float steps lane by lane.
+#[cfg(target_arch = "aarch64")]
+#[allow(clippy::needless_range_loop)] // parallel arrays indexed together
+unsafe fn row_neon(dtype: DType, row: &[u8], nb: usize, a: &[Q8KBlock]) -> f32 {
+    use super::qdot::lanes4_neon;
+    use std::arch::aarch64::*;
+    let bb = dtype.block_bytes();
+    let low4 = vdupq_n_u8(0x0f);
+    let mut acc = [vdupq_n_f32(0.0); 2];
+    let mut accm = [vdupq_n_f32(0.0); 2];
+    for (b, a) in a[..nb].iter().enumerate() {
+        let blk = &row[b * bb..(b + 1) * bb];
+        let p = blk.as_ptr();
+        let y = |at: usize| vld1q_s8(a.qs.as_ptr().add(at));
+        let mut isum = [vdupq_n_s32(0); 2];
+        let mut msum = [0i32; LANES];
+        if dtype == DType::Q6_K {
+            for n in 0..2 {
+                for k in 0..4 {
+                    for half in 0..2 {
+                        // SAFETY (loads): inside the 210-byte super-block.
+                        let low = vld1q_u8(p.add(64 * n + 32 * (k % 2) + 16 * half));
+                        let nib = if k < 2 {
+                            vandq_u8(low, low4)
+                        } else {
+                            vshrq_n_u8::<4>(low)
+                        };
+                        let h = vld1q_u8(p.add(128 + 32 * n + 16 * half));
+                        let shift = vdupq_n_s8(-2 * k as i8);
+                        let high = vandq_u8(vshlq_u8(h, shift), vdupq_n_u8(3));
+                        let u = vreinterpretq_s8_u8(vorrq_u8(nib, vshlq_n_u8::<4>(high)));
+                        let sc = blk[192 + 8 * n + 2 * k + half] as i8 as i32;
+                        let l = lanes4_neon(u, y(128 * n + 32 * k + 16 * half));
+                        isum[half] = vmlaq_n_s32(isum[half], l, sc);
+                    }
+                }
+            }
+            for (kk, m) in msum.iter_mut().enumerate() {
+                let s = |j: usize| blk[192 + j] as i8 as i32 * a.bsums[j] as i32;
+                // The offset of 32, subtracted from the lanes below.
+                *m = 32 * (s(2 * kk) + s(2 * kk + 1));
+            }
+            let corr = [vld1q_s32(msum.as_ptr()), vld1q_s32(msum.as_ptr().add(4))];
+            isum = [vsubq_s32(isum[0], corr[0]), vsubq_s32(isum[1], corr[1])];
+            msum = [0; LANES];
+        } else {
+            let q5 = dtype == DType::Q5_K;
+            let (sc, mn) = scales_mins(&blk[4..16]);
+            let qs = if q5 { 48 } else { 16 };
+            for j in 0..4 {
+                for half in 0..2 {
+                    let q = vld1q_u8(p.add(qs + 32 * j + 16 * half));
+                    let mut lo = vandq_u8(q, low4);
+                    let mut hi = vshrq_n_u8::<4>(q);
+                    if q5 {
+                        let h = vld1q_u8(p.add(16 + 16 * half));
+                        let bit = |s: usize| {
+                            let v = vshlq_u8(h, vdupq_n_s8(-(s as i8)));
+                            vshlq_n_u8::<4>(vandq_u8(v, vdupq_n_u8(1)))
+                        };
+                        lo = vorrq_u8(lo, bit(2 * j));
+                        hi = vorrq_u8(hi, bit(2 * j + 1));
+                    }
+                    let l = lanes4_neon(vreinterpretq_s8_u8(lo), y(64 * j + 16 * half));
+                    let h = lanes4_neon(vreinterpretq_s8_u8(hi), y(64 * j + 32 + 16 * half));
+                    isum[half] = vmlaq_n_s32(isum[half], l, sc[2 * j] as i32);
+                    isum[half] = vmlaq_n_s32(isum[half], h, sc[2 * j + 1] as i32);
+                }
+            }
+            for (k, m) in msum.iter_mut().enumerate() {
+                *m = mn[k] as i32 * (a.bsums[2 * k] as i32 + a.bsums[2 * k + 1] as i32);
+            }
+        }
+        let (d, dmin) = block_scales(dtype, blk, a);
+        let ms = [vld1q_s32(msum.as_ptr()), vld1q_s32(msum.as_ptr().add(4))];
+        for h in 0..2 {
+            acc[h] = vfmaq_n_f32(acc[h], vcvtq_f32_s32(isum[h]), d);
+            accm[h] = vfmaq_n_f32(accm[h], vcvtq_f32_s32(ms[h]), dmin);
+        }
+    }
+    let (mut l, mut m) = ([0.0f32; LANES], [0.0f32; LANES]);
+    vst1q_f32(l.as_mut_ptr(), acc[0]);
+    vst1q_f32(l.as_mut_ptr().add(4), acc[1]);
+    vst1q_f32(m.as_mut_ptr(), accm[0]);
+    vst1q_f32(m.as_mut_ptr().add(4), accm[1]);
+    finish(l, m)
 }
 
 fn dot_row_with(
@@ -243,6 +330,16 @@ fn dot_row_with(
         }
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if simd == Some(Simd::Neon) {
+        for (o, a) in out.iter_mut().zip(acts) {
+            // SAFETY: the row holds `nb` whole super-blocks and the activation row at
+            // least `nb` blocks (asserted above), which is all the kernel reads; NEON is
+            // baseline.
+            *o = unsafe { row_neon(dtype, row, nb, a) };
+        }
+        return;
+    }
     let _ = simd;
     for (o, a) in out.iter_mut().zip(acts) {
         *o = dot_reference(dtype, row, a);
@@ -250,8 +347,11 @@ fn dot_row_with(
 }
 
 /// Kernel selectors (const generic: which type the AVX2 kernel decodes).
+#[cfg(target_arch = "x86_64")]
 const Q4: u8 = 0;
+#[cfg(target_arch = "x86_64")]
 const Q5: u8 = 1;
+#[cfg(target_arch = "x86_64")]
 const Q6: u8 = 2;
 
 #[cfg(target_arch = "x86_64")]

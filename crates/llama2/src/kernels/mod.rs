@@ -107,34 +107,39 @@ enum Repacked {
     None,
 }
 
-/// The SIMD variants of the integer kernels ([`packed`], [`qdot`]); `None` where they do
-/// not apply and the portable kernels run (outside x86-64 for now).
-#[cfg(target_arch = "x86_64")]
+/// The SIMD variants of the integer kernels ([`packed`], [`qdot`], [`kquant`]); `None`
+/// where none applies and the portable kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum IntSimd {
     /// AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
     Avx2,
     /// AVX2 plus AVX-512 (F, BW, VL) with VNNI (`vpdpbusd`).
+    #[cfg(target_arch = "x86_64")]
     Vnni,
+    /// NEON (every aarch64 CPU has it): widening 8-bit multiplies, pairwise adds.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
-
-/// No SIMD integer kernels outside x86-64 yet.
-#[cfg(not(target_arch = "x86_64"))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum IntSimd {}
 
 impl IntSimd {
     /// The fastest variant this CPU runs.
-    #[cfg(target_arch = "x86_64")]
     fn detect() -> Option<IntSimd> {
-        use std::arch::is_x86_feature_detected as has;
-        if !(has!("avx2") && has!("fma") && has!("f16c")) {
-            None
-        } else if has!("avx512vnni") && has!("avx512vl") && has!("avx512bw") {
-            Some(IntSimd::Vnni)
-        } else {
-            Some(IntSimd::Avx2)
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if !(has!("avx2") && has!("fma") && has!("f16c")) {
+                None
+            } else if has!("avx512vnni") && has!("avx512vl") && has!("avx512bw") {
+                Some(IntSimd::Vnni)
+            } else {
+                Some(IntSimd::Avx2)
+            }
         }
+        #[cfg(target_arch = "aarch64")]
+        return Some(IntSimd::Neon);
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        None
     }
 
     /// Every variant this CPU runs, slowest first (what the tests compare).
@@ -147,7 +152,7 @@ impl IntSimd {
             Some(IntSimd::Vnni) => vec![IntSimd::Avx2, IntSimd::Vnni],
         };
         #[cfg(not(target_arch = "x86_64"))]
-        Vec::new()
+        IntSimd::detect().into_iter().collect()
     }
 }
 
@@ -263,8 +268,11 @@ pub fn matmul_group(
     } else {
         Vec::new()
     };
+    let isa = Isa::detect();
     let io = Inputs {
-        isa: Isa::detect(),
+        isa,
+        // NEON is aarch64's baseline; on x86-64 the integer kernels need AVX2.
+        int_simd: cfg!(target_arch = "aarch64") || isa != Isa::Baseline,
         x,
         cols,
         n,
@@ -307,6 +315,8 @@ struct Plan<'a> {
 struct Inputs<'a> {
     /// The instruction set, detected once per operation.
     isa: Isa,
+    /// Whether the SIMD integer kernels may run.
+    int_simd: bool,
     x: &'a [f32],
     cols: usize,
     /// Activation rows (tokens).
@@ -346,7 +356,7 @@ fn float_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut)
 /// Rows `r0..r1` of a K-quant product, each row meeting the tokens four at a time.
 fn kquant_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut) {
     let (rows, n) = (w.rows, io.n);
-    let simd = io.isa != Isa::Baseline;
+    let simd = io.int_simd;
     let mut res = [0.0f32; kquant::MAX_TOKENS];
     for t0 in (0..n).step_by(TOKEN_TILE) {
         let t1 = (t0 + TOKEN_TILE).min(n);
@@ -435,7 +445,7 @@ const _: () = assert!(qdot::GROUP * qdot::MAX_TOKENS <= MAX_GROUP_TILE);
 /// `MAX_TOKENS` at a time, a tile of tokens at once.
 fn group_task<K: GroupKernel>(w: &K, io: &Inputs<'_>, g0: usize, g1: usize, out: SharedOut) {
     let (rows, n) = (w.rows(), io.n);
-    let simd = io.isa != Isa::Baseline;
+    let simd = io.int_simd;
     if n == 1 {
         let (r0, r1) = (g0 * K::GROUP, (g1 * K::GROUP).min(rows));
         // SAFETY: rows `r0..r1` of the single output row are `out[r0..r1]`, inside the

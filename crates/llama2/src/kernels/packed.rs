@@ -122,11 +122,7 @@ impl PackedMatrix {
     /// token `t`. `use_simd` selects the AVX2 (or AVX-512 VNNI) kernel where the CPU has
     /// it; every path gives the same bits as [`dot_reference`].
     pub fn dot_group(&self, g: usize, acts: &[&[Q8Block]], use_simd: bool, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
         let simd = if use_simd { Simd::detect() } else { None };
-        #[cfg(not(target_arch = "x86_64"))]
-        let simd = None;
-        let _ = use_simd;
         self.dot_group_with(simd, g, acts, out)
     }
 
@@ -138,11 +134,7 @@ impl PackedMatrix {
         let r0 = g0 * GROUP;
         assert!(r0 + out.len() <= self.rows && acts.len() >= self.nb);
         assert!(out.len().is_multiple_of(GROUP) || r0 + out.len() == self.rows);
-        #[cfg(target_arch = "x86_64")]
         let simd = if use_simd { Simd::detect() } else { None };
-        #[cfg(not(target_arch = "x86_64"))]
-        let simd = None;
-        let _ = use_simd;
         let mut tail = [0.0f32; GROUP];
         for (k, o) in out.chunks_mut(GROUP).enumerate() {
             let live = o.len();
@@ -185,6 +177,28 @@ impl PackedMatrix {
             }
             return;
         }
+        #[cfg(target_arch = "aarch64")]
+        if simd == Some(Simd::Neon) {
+            let scales = |b: usize| -> [f32; GROUP] {
+                std::array::from_fn(|r| f16_at(&blocks[b * gb..], 2 * r))
+            };
+            // SAFETY: `blocks` holds `nb` group blocks and every activation row `nb`
+            // blocks (asserted above), which is all the kernel reads; NEON is baseline.
+            unsafe {
+                match (self.dtype == DType::Q4_0, nt) {
+                    (true, 1) => group_neon::<true, 1>(blocks, self.nb, acts, &scales, out),
+                    (true, 2) => group_neon::<true, 2>(blocks, self.nb, acts, &scales, out),
+                    (true, 3) => group_neon::<true, 3>(blocks, self.nb, acts, &scales, out),
+                    (true, _) => group_neon::<true, 4>(blocks, self.nb, acts, &scales, out),
+                    (false, 1) => group_neon::<false, 1>(blocks, self.nb, acts, &scales, out),
+                    (false, 2) => group_neon::<false, 2>(blocks, self.nb, acts, &scales, out),
+                    (false, 3) => group_neon::<false, 3>(blocks, self.nb, acts, &scales, out),
+                    (false, _) => group_neon::<false, 4>(blocks, self.nb, acts, &scales, out),
+                }
+            }
+            return;
+        }
+        let _ = simd;
         self.dot_group_portable(blocks, acts, out);
     }
 
@@ -240,7 +254,88 @@ pub fn dot_reference(dtype: DType, row: &[u8], acts: &[Q8Block]) -> f32 {
     acc
 }
 
+/// One group of eight rows against `T` tokens with NEON (Q4_0 if `Q4`, else Q8_0): per
+/// chunk the rows' four bytes times the token's four (`vmull_s8`, Q4_0 nibbles made
+/// signed first), pairwise widening adds into 32-bit sums per row and block (exact), then
+/// `acc = fma(sum, d_w * d_a, acc)` four rows per register, as [`dot_reference`].
+#[cfg(target_arch = "aarch64")]
+#[allow(clippy::needless_range_loop)] // parallel arrays indexed together
+unsafe fn group_neon<const Q4: bool, const T: usize>(
+    blocks: &[u8],
+    nb: usize,
+    acts: &[&[Q8Block]],
+    scales: &dyn Fn(usize) -> [f32; GROUP],
+    out: &mut [f32],
+) {
+    use std::arch::aarch64::*;
+    let dtype = if Q4 { DType::Q4_0 } else { DType::Q8_0 };
+    let gb = PackedMatrix::block_bytes(dtype);
+    let chunks = quant_bytes(dtype) / 4;
+    let mut acc = [[vdupq_n_f32(0.0); 2]; T];
+    for b in 0..nb {
+        let p = blocks.as_ptr().add(b * gb + SCALES);
+        let a: [&Q8Block; T] = std::array::from_fn(|t| acts[t].get_unchecked(b));
+        // [t][rows 0-1 | 2-3 | 4-5 | 6-7]: lanes (r, r, r+1, r+1) of partial sums.
+        let mut part = [[vdupq_n_s32(0); 4]; T];
+        for j in 0..chunks {
+            // SAFETY: chunk j of the block: 32 bytes, four of each of eight rows.
+            let w = [
+                vld1q_s8(p.add(32 * j) as *const i8),
+                vld1q_s8(p.add(32 * j + 16) as *const i8),
+            ];
+            // (weights, activation bytes) pairs of this chunk.
+            let (ws, offs): ([int8x16_t; 4], [usize; 2]) = if Q4 {
+                let eight = vdupq_n_s8(8);
+                let lo = |v: int8x16_t| {
+                    vsubq_s8(
+                        vreinterpretq_s8_u8(vandq_u8(vreinterpretq_u8_s8(v), vdupq_n_u8(0x0f))),
+                        eight,
+                    )
+                };
+                let hi = |v: int8x16_t| {
+                    vsubq_s8(
+                        vreinterpretq_s8_u8(vshrq_n_u8::<4>(vreinterpretq_u8_s8(v))),
+                        eight,
+                    )
+                };
+                (
+                    [lo(w[0]), lo(w[1]), hi(w[0]), hi(w[1])],
+                    [4 * j, 16 + 4 * j],
+                )
+            } else {
+                ([w[0], w[1], w[0], w[1]], [4 * j, 4 * j])
+            };
+            let pairs = if Q4 { 2 } else { 1 };
+            for t in 0..T {
+                for k in 0..pairs {
+                    let word = (a[t].qs.as_ptr().add(offs[k]) as *const i32).read_unaligned();
+                    let y = vreinterpretq_s8_s32(vdupq_n_s32(word));
+                    let (w0, w1) = (ws[2 * k], ws[2 * k + 1]);
+                    part[t][0] = vpadalq_s16(part[t][0], vmull_s8(vget_low_s8(w0), vget_low_s8(y)));
+                    part[t][1] = vpadalq_s16(part[t][1], vmull_high_s8(w0, y));
+                    part[t][2] = vpadalq_s16(part[t][2], vmull_s8(vget_low_s8(w1), vget_low_s8(y)));
+                    part[t][3] = vpadalq_s16(part[t][3], vmull_high_s8(w1, y));
+                }
+            }
+        }
+        let d = scales(b);
+        let dw = [vld1q_f32(d.as_ptr()), vld1q_f32(d.as_ptr().add(4))];
+        for t in 0..T {
+            for h in 0..2 {
+                let sums = vpaddq_s32(part[t][2 * h], part[t][2 * h + 1]);
+                let scale = vmulq_n_f32(dw[h], a[t].d);
+                acc[t][h] = vfmaq_f32(acc[t][h], vcvtq_f32_s32(sums), scale);
+            }
+        }
+    }
+    for t in 0..T {
+        vst1q_f32(out.as_mut_ptr().add(t * GROUP), acc[t][0]);
+        vst1q_f32(out.as_mut_ptr().add(t * GROUP + 4), acc[t][1]);
+    }
+}
+
 /// Blocks ahead of use that the kernels ask the memory system for.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 4;
 
 /// Broadcast of activation bytes `4j..4j+4` of one block.

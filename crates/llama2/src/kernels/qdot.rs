@@ -228,6 +228,20 @@ impl InterleavedQ4_1 {
             }
             return;
         }
+        #[cfg(target_arch = "aarch64")]
+        if simd == Some(Simd::Neon) {
+            // SAFETY: `group` holds `nb` blocks of the layout and each activation row `nb`
+            // blocks (asserted above), which is all the kernel reads; NEON is baseline.
+            unsafe {
+                match nt {
+                    1 => group_neon::<1>(group, self.nb, acts, out),
+                    2 => group_neon::<2>(group, self.nb, acts, out),
+                    3 => group_neon::<3>(group, self.nb, acts, out),
+                    _ => group_neon::<4>(group, self.nb, acts, out),
+                }
+            }
+            return;
+        }
         let _ = simd;
         // The portable kernel: the reference's lane arithmetic, read from this layout.
         let nb = self.nb;
@@ -258,12 +272,70 @@ impl InterleavedQ4_1 {
 
 /// The SIMD kernel to use, if `use_simd` and the CPU has one.
 fn detect(use_simd: bool) -> Option<Simd> {
-    #[cfg(target_arch = "x86_64")]
-    return if use_simd { Simd::detect() } else { None };
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = use_simd;
+    if use_simd {
+        Simd::detect()
+    } else {
         None
+    }
+}
+
+/// The reference's four lane sums of 16 bytes: lane `i` is `sum(w[k] * y[k])` over
+/// `k = 4i..4i + 4` (widening multiplies, pairwise adds; exact).
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+pub(crate) unsafe fn lanes4_neon(
+    w: std::arch::aarch64::int8x16_t,
+    y: std::arch::aarch64::int8x16_t,
+) -> std::arch::aarch64::int32x4_t {
+    use std::arch::aarch64::*;
+    let a = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(y)));
+    let b = vpaddlq_s16(vmull_high_s8(w, y));
+    vpaddq_s32(a, b)
+}
+
+/// One group against `T` tokens with NEON: per row and block the eight lane sums
+/// ([`lanes4_neon`] on the low and the high nibbles), each lane accumulated with a fused
+/// multiply-add by `d_w * d_a` and the minimum product added in order, as
+/// [`dot_q4_1_reference`].
+#[cfg(target_arch = "aarch64")]
+#[allow(clippy::needless_range_loop)] // parallel arrays indexed together
+unsafe fn group_neon<const T: usize>(
+    group: &[u8],
+    nb: usize,
+    acts: &[&[Q8Block]],
+    out: &mut [f32],
+) {
+    use std::arch::aarch64::*;
+    let mut acc = [[[vdupq_n_f32(0.0); 2]; GROUP]; T];
+    let mut summs = [[0.0f32; GROUP]; T];
+    for b in 0..nb {
+        let blk = &group[GROUP_BLOCK * b..(b + 1) * GROUP_BLOCK];
+        for r in 0..GROUP {
+            // SAFETY: row r's 16 quant bytes of the block.
+            let q = vld1q_u8(blk.as_ptr().add(16 * r));
+            let lo = vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0f)));
+            let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
+            let (dw, mw) = (f16_at(blk, 64 + 2 * r), f16_at(blk, 72 + 2 * r));
+            for t in 0..T {
+                let a = acts[t].get_unchecked(b);
+                let ylo = vld1q_s8(a.qs.as_ptr());
+                let yhi = vld1q_s8(a.qs.as_ptr().add(16));
+                let scale = dw * a.d;
+                let l = vcvtq_f32_s32(lanes4_neon(lo, ylo));
+                let h = vcvtq_f32_s32(lanes4_neon(hi, yhi));
+                acc[t][r][0] = vfmaq_n_f32(acc[t][r][0], l, scale);
+                acc[t][r][1] = vfmaq_n_f32(acc[t][r][1], h, scale);
+                summs[t][r] += mw * a.s;
+            }
+        }
+    }
+    for t in 0..T {
+        for r in 0..GROUP {
+            let mut lanes = [0.0f32; 8];
+            vst1q_f32(lanes.as_mut_ptr(), acc[t][r][0]);
+            vst1q_f32(lanes.as_mut_ptr().add(4), acc[t][r][1]);
+            out[t * GROUP + r] = hsum8(lanes) + summs[t][r];
+        }
     }
 }
 
