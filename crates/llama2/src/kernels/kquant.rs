@@ -346,6 +346,39 @@ fn dot_row_with(
     }
 }
 
+/// `vpshufb` masks: `SPREAD[e]` repeats 16-bit element `e` of a 128-bit lane over it.
+#[cfg(target_arch = "x86_64")]
+static SPREAD: [[u8; 32]; 8] = {
+    let mut t = [[0u8; 32]; 8];
+    let mut e = 0;
+    while e < 8 {
+        let mut i = 0;
+        while i < 32 {
+            t[e][i] = (2 * e + i % 2) as u8;
+            i += 1;
+        }
+        e += 1;
+    }
+    t
+};
+
+/// `vpshufb` masks: `SPREAD_PAIR[k]` repeats 16-bit element `2k` over the low 128-bit
+/// lane and `2k + 1` over the high one.
+#[cfg(target_arch = "x86_64")]
+static SPREAD_PAIR: [[u8; 32]; 4] = {
+    let mut t = [[0u8; 32]; 4];
+    let mut k = 0;
+    while k < 4 {
+        let mut i = 0;
+        while i < 32 {
+            t[k][i] = (4 * k + 2 * (i / 16) + i % 2) as u8;
+            i += 1;
+        }
+        k += 1;
+    }
+    t
+};
+
 /// Kernel selectors (const generic: which type the AVX2 kernel decodes).
 #[cfg(target_arch = "x86_64")]
 const Q4: u8 = 0;
@@ -419,6 +452,10 @@ unsafe fn row_kernel<const K: u8, const T: usize>(
             |t: usize, at: usize| _mm256_loadu_si256(a[t].qs.as_ptr().add(at) as *const __m256i);
         if K == Q6 {
             for n in 0..2 {
+                // This half's eight scales as i16, in both 128-bit lanes.
+                let scales = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_loadl_epi64(
+                    p.add(192 + 8 * n) as *const __m128i,
+                )));
                 let (ql0, ql1) = (load(64 * n), load(64 * n + 32));
                 let h = load(128 + 32 * n);
                 let hi2 = |shift: i32| {
@@ -432,11 +469,9 @@ unsafe fn row_kernel<const K: u8, const T: usize>(
                     _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4), hi2(6)),
                 ];
                 for (k, u) in u.iter().enumerate() {
-                    let s = 8 * n + 2 * k;
-                    let sc = _mm256_set_m128i(
-                        _mm_set1_epi16(blk[192 + s + 1] as i8 as i16),
-                        _mm_set1_epi16(blk[192 + s] as i8 as i16),
-                    );
+                    // Scales 2k (values 0..16 of the run) and 2k + 1 (16..32).
+                    let pick = _mm256_loadu_si256(SPREAD_PAIR[k].as_ptr() as *const __m256i);
+                    let sc = _mm256_shuffle_epi8(scales, pick);
                     for (t, isum) in isum.iter_mut().enumerate() {
                         let prod = _mm256_maddubs_epi16(*u, y(t, 128 * n + 32 * k));
                         *isum = _mm256_add_epi32(*isum, _mm256_madd_epi16(prod, sc));
@@ -451,6 +486,13 @@ unsafe fn row_kernel<const K: u8, const T: usize>(
             }
         } else {
             let (sc, mn) = scales_mins(&blk[4..16]);
+            let scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(
+                sc.as_ptr() as *const __m128i,
+            )));
+            let spread = |e: usize| {
+                let pick = _mm256_loadu_si256(SPREAD[e].as_ptr() as *const __m256i);
+                _mm256_shuffle_epi8(scales, pick)
+            };
             let qs = if K == Q5 { 48 } else { 16 };
             let qh = if K == Q5 {
                 load(16)
@@ -469,8 +511,7 @@ unsafe fn row_kernel<const K: u8, const T: usize>(
                     lo = _mm256_or_si256(lo, bit(2 * j as i32));
                     hi = _mm256_or_si256(hi, bit(2 * j as i32 + 1));
                 }
-                let sl = _mm256_set1_epi16(sc[2 * j] as i16);
-                let sh = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+                let (sl, sh) = (spread(2 * j), spread(2 * j + 1));
                 for (t, isum) in isum.iter_mut().enumerate() {
                     let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y(t, 64 * j)), sl);
                     let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y(t, 64 * j + 32)), sh);
