@@ -405,31 +405,43 @@ trait GroupKernel {
     fn dot_rows(&self, g0: usize, acts: &[qdot::Q8Block], simd: bool, out: &mut [f32]);
 }
 
-impl GroupKernel for packed::PackedMatrix {
-    const GROUP: usize = packed::GROUP;
-    const MAX_TOKENS: usize = packed::MAX_TOKENS;
-    fn rows(&self) -> usize {
-        self.rows()
-    }
-    fn dot_group(&self, g: usize, acts: &[&[qdot::Q8Block]], simd: bool, out: &mut [f32]) {
-        self.dot_group(g, acts, simd, out)
-    }
-    fn dot_rows(&self, g0: usize, acts: &[qdot::Q8Block], simd: bool, out: &mut [f32]) {
-        self.dot_rows(g0, acts, simd, out)
-    }
+/// The trait's methods are the types' own, of the same names.
+macro_rules! group_kernel {
+    ($ty:ty, $module:ident) => {
+        impl GroupKernel for $ty {
+            const GROUP: usize = $module::GROUP;
+            const MAX_TOKENS: usize = $module::MAX_TOKENS;
+            fn rows(&self) -> usize {
+                self.rows()
+            }
+            fn dot_group(&self, g: usize, acts: &[&[qdot::Q8Block]], simd: bool, out: &mut [f32]) {
+                self.dot_group(g, acts, simd, out)
+            }
+            fn dot_rows(&self, g0: usize, acts: &[qdot::Q8Block], simd: bool, out: &mut [f32]) {
+                self.dot_rows(g0, acts, simd, out)
+            }
+        }
+    };
 }
+group_kernel!(packed::PackedMatrix, packed);
+group_kernel!(qdot::InterleavedQ4_1, qdot);
 
-impl GroupKernel for qdot::InterleavedQ4_1 {
-    const GROUP: usize = qdot::GROUP;
-    const MAX_TOKENS: usize = qdot::MAX_TOKENS;
-    fn rows(&self) -> usize {
-        self.rows()
-    }
-    fn dot_group(&self, g: usize, acts: &[&[qdot::Q8Block]], simd: bool, out: &mut [f32]) {
-        self.dot_group(g, acts, simd, out)
-    }
-    fn dot_rows(&self, g0: usize, acts: &[qdot::Q8Block], simd: bool, out: &mut [f32]) {
-        self.dot_rows(g0, acts, simd, out)
+/// `group(g, dst)` for the groups of `G` rows from `g0` that cover `out` (rows
+/// `G * g0 ..`; the last group may be partial, computed into a scratch tile): the decode
+/// loop of the interleaved layouts.
+pub(crate) fn for_groups<const G: usize>(
+    g0: usize,
+    out: &mut [f32],
+    mut group: impl FnMut(usize, &mut [f32]),
+) {
+    let mut tail = [0.0f32; G];
+    for (k, o) in out.chunks_mut(G).enumerate() {
+        if o.len() == G {
+            group(g0 + k, o);
+        } else {
+            group(g0 + k, &mut tail);
+            o.copy_from_slice(&tail[..o.len()]);
+        }
     }
 }
 

@@ -187,15 +187,7 @@ impl InterleavedQ4_1 {
         assert!(r0 + out.len() <= self.rows);
         assert!(out.len().is_multiple_of(GROUP) || r0 + out.len() == self.rows);
         let simd = detect(use_simd);
-        let mut tail = [0.0f32; GROUP];
-        for (k, o) in out.chunks_mut(GROUP).enumerate() {
-            let live = o.len();
-            let dst: &mut [f32] = if live == GROUP { o } else { &mut tail };
-            self.dot_group_with(simd, g0 + k, &[acts], dst);
-            if live < GROUP {
-                o.copy_from_slice(&tail[..live]);
-            }
-        }
+        super::for_groups::<GROUP>(g0, out, |g, dst| self.dot_group_with(simd, g, &[acts], dst));
     }
 
     fn dot_group_with(&self, simd: Option<Simd>, g: usize, acts: &[&[Q8Block]], out: &mut [f32]) {
