@@ -288,17 +288,15 @@ impl Transformer {
                 let base = slot * seq_len * kv_dim;
                 let span = (pos + 1) * kv_dim;
                 let mut scores = vec![0.0f32; pos + 1];
-                kernels::attend(
-                    isa,
-                    &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd],
-                    &kc[base..base + span],
-                    &vc[base..base + span],
-                    kv_dim,
-                    (h / group) * hd,
-                    pos + 1,
-                    &mut scores,
-                    out,
-                )
+                let kv = kernels::KvHead {
+                    keys: &kc[base..base + span],
+                    values: &vc[base..base + span],
+                    stride: kv_dim,
+                    offset: (h / group) * hd,
+                    len: pos + 1,
+                };
+                let q_head = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                kernels::attend(isa, q_head, kv, &mut scores, out)
             });
             kernels::matmul_with(pool, &b.wo, &att, &mut proj, self.precision);
             add_in_place(&mut x, &proj);

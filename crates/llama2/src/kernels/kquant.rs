@@ -15,8 +15,8 @@
 //! the SIMD kernels produce the scalar reference's integers and float steps, so every
 //! path gives the same bits (tested).
 
-use half::f16;
-
+use super::qdot::{hsum8, round_half_even};
+use super::quant::f16_at;
 use super::IntSimd as Simd;
 use crate::tensor::DType;
 
@@ -73,17 +73,6 @@ pub fn quantize_activations(x: &[f32], out: &mut Vec<Q8KBlock>) {
     }
 }
 
-#[inline(always)]
-fn round_half_even(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
-    (x + MAGIC) - MAGIC
-}
-
-#[inline(always)]
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
-}
-
 /// The eight 6-bit scales and eight 6-bit minimums of a Q4_K/Q5_K super-block's 12
 /// packed bytes (ggml's `get_scale_min_k4` for every sub-block at once, by its
 /// word-wise unpacking).
@@ -111,11 +100,7 @@ const LANES: usize = 8;
 /// The final reduction of the lane accumulators, shared by every path.
 #[inline(always)]
 fn finish(acc: [f32; LANES], accm: [f32; LANES]) -> f32 {
-    let tree = |a: [f32; LANES]| {
-        let r = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
-        (r[0] + r[2]) + (r[1] + r[3])
-    };
-    tree(acc) - tree(accm)
+    hsum8(acc) - hsum8(accm)
 }
 
 /// Exact integer lane sums `(isum, msum)` of one super-block of `dtype` against `a`:
@@ -187,15 +172,11 @@ pub fn dot_reference(dtype: DType, row: &[u8], acts: &[Q8KBlock]) -> f32 {
 }
 
 /// Dot products of one row of `dtype` (file layout, `acts[t].len()` super-blocks) with
-/// up to [`MAX_TOKENS`] activation rows: `out[t]`. `use_simd` selects the AVX2 kernel
-/// where the CPU has it; every path gives the bits of [`dot_reference`].
+/// up to [`MAX_TOKENS`] activation rows: `out[t]`. `use_simd` selects the SIMD kernel
+/// (AVX2, AVX-512 or NEON) where the CPU has it; every path gives the bits of
+/// [`dot_reference`].
 pub fn dot_row(dtype: DType, row: &[u8], acts: &[&[Q8KBlock]], use_simd: bool, out: &mut [f32]) {
-    let simd = if use_simd { detect() } else { None };
-    dot_row_with(simd, dtype, row, acts, out)
-}
-
-fn detect() -> Option<Simd> {
-    Simd::detect()
+    dot_row_with(Simd::select(use_simd), dtype, row, acts, out)
 }
 
 /// One row against one token with NEON: the reference's eight integer lanes
@@ -288,7 +269,8 @@ unsafe fn row_neon(dtype: DType, row: &[u8], nb: usize, a: &[Q8KBlock]) -> f32 {
     finish(l, m)
 }
 
-fn dot_row_with(
+/// [`dot_row`] with the kernel variant chosen by the caller.
+pub(super) fn dot_row_with(
     simd: Option<Simd>,
     dtype: DType,
     row: &[u8],
@@ -563,6 +545,7 @@ mod tests {
     use super::*;
     use crate::kernels::quant;
     use crate::kernels::test_values as values;
+    use half::f16;
 
     /// Random but valid super-blocks of `dtype`: random quant and scale bytes, small
     /// positive f16 scales.

@@ -142,6 +142,15 @@ impl IntSimd {
         None
     }
 
+    /// [`IntSimd::detect`] where `use_simd`, else `None` (the portable kernels).
+    fn select(use_simd: bool) -> Option<IntSimd> {
+        if use_simd {
+            IntSimd::detect()
+        } else {
+            None
+        }
+    }
+
     /// Every variant this CPU runs, slowest first (what the tests compare).
     #[cfg(test)]
     fn available() -> Vec<IntSimd> {
@@ -229,17 +238,14 @@ pub fn matmul_group(
             Precision::Fast => w.repacked(pool),
             Precision::Exact => &Repacked::None,
         };
-        let (units, per_task) = match kind {
-            Repacked::Interleaved(p) => {
-                let per = (rows_per_task(w.rows, threads) / packed::GROUP).max(1);
-                (p.groups(), per)
-            }
-            Repacked::Q4_1(p) => {
-                let per = (rows_per_task(w.rows, threads) / qdot::GROUP).max(1);
-                (p.groups(), per)
-            }
-            _ => (w.rows, rows_per_task(w.rows, threads)),
+        // Interleaved layouts are split by whole groups of rows.
+        let group = match kind {
+            Repacked::Interleaved(_) => packed::GROUP,
+            Repacked::Q4_1(_) => qdot::GROUP,
+            _ => 1,
         };
+        let units = w.rows.div_ceil(group);
+        let per_task = (rows_per_task(w.rows, threads) / group).max(1);
         plans.push(Plan {
             w,
             kind,
@@ -262,11 +268,9 @@ pub fn matmul_group(
     } else {
         Vec::new()
     };
-    let isa = Isa::detect();
     let io = Inputs {
-        isa,
-        // NEON is aarch64's baseline; on x86-64 the integer kernels need AVX2.
-        int_simd: cfg!(target_arch = "aarch64") || isa != Isa::Baseline,
+        isa: Isa::detect(),
+        int_simd: IntSimd::detect(),
         x,
         cols,
         n,
@@ -309,8 +313,8 @@ struct Plan<'a> {
 struct Inputs<'a> {
     /// The instruction set, detected once per operation.
     isa: Isa,
-    /// Whether the SIMD integer kernels may run.
-    int_simd: bool,
+    /// The SIMD integer kernel variant, detected once per operation.
+    int_simd: Option<IntSimd>,
     x: &'a [f32],
     cols: usize,
     /// Activation rows (tokens).
@@ -361,7 +365,7 @@ fn kquant_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut
                 let nt = kquant::MAX_TOKENS.min(t1 - t);
                 let refs: [&[kquant::Q8KBlock]; kquant::MAX_TOKENS] =
                     std::array::from_fn(|i| io.acts_k[t + i.min(nt - 1)].as_slice());
-                kquant::dot_row(w.dtype(), row, &refs[..nt], simd, &mut res);
+                kquant::dot_row_with(simd, w.dtype(), row, &refs[..nt], &mut res);
                 for (i, v) in res[..nt].iter().enumerate() {
                     // SAFETY: `t + i < n` and `r < r1 <= rows`: inside the output (n * rows
                     // long); tasks own disjoint row ranges.
@@ -400,12 +404,18 @@ trait GroupKernel {
     const MAX_TOKENS: usize;
     fn rows(&self) -> usize;
     /// Group `g` against up to `MAX_TOKENS` tokens: `out[t * GROUP + r]`.
-    fn dot_group(&self, g: usize, acts: &[&[qdot::Q8Block]], simd: bool, out: &mut [f32]);
+    fn dot_group(
+        &self,
+        g: usize,
+        acts: &[&[qdot::Q8Block]],
+        simd: Option<IntSimd>,
+        out: &mut [f32],
+    );
     /// Groups `g0..` against one token: `out[i]` for row `GROUP * g0 + i`.
-    fn dot_rows(&self, g0: usize, acts: &[qdot::Q8Block], simd: bool, out: &mut [f32]);
+    fn dot_rows(&self, g0: usize, acts: &[qdot::Q8Block], simd: Option<IntSimd>, out: &mut [f32]);
 }
 
-/// The trait's methods are the types' own, of the same names.
+/// The trait's methods are the types' own `*_with` methods.
 macro_rules! group_kernel {
     ($ty:ty, $module:ident) => {
         impl GroupKernel for $ty {
@@ -414,11 +424,23 @@ macro_rules! group_kernel {
             fn rows(&self) -> usize {
                 self.rows()
             }
-            fn dot_group(&self, g: usize, acts: &[&[qdot::Q8Block]], simd: bool, out: &mut [f32]) {
-                self.dot_group(g, acts, simd, out)
+            fn dot_group(
+                &self,
+                g: usize,
+                acts: &[&[qdot::Q8Block]],
+                simd: Option<IntSimd>,
+                out: &mut [f32],
+            ) {
+                self.dot_group_with(simd, g, acts, out)
             }
-            fn dot_rows(&self, g0: usize, acts: &[qdot::Q8Block], simd: bool, out: &mut [f32]) {
-                self.dot_rows(g0, acts, simd, out)
+            fn dot_rows(
+                &self,
+                g0: usize,
+                acts: &[qdot::Q8Block],
+                simd: Option<IntSimd>,
+                out: &mut [f32],
+            ) {
+                self.dot_rows_with(simd, g0, acts, out)
             }
         }
     };
@@ -598,75 +620,60 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// Causal attention of one query head over `len` cached positions.
+/// One kv head's cached keys and values for [`attend`]: `len` rows of `stride` floats
+/// in each of `keys` and `values`, the head's slice of a row starting at `offset`.
+#[derive(Clone, Copy, Debug)]
+pub struct KvHead<'a> {
+    /// Cached keys, row-major.
+    pub keys: &'a [f32],
+    /// Cached values, row-major.
+    pub values: &'a [f32],
+    /// Floats per cached row (all kv heads).
+    pub stride: usize,
+    /// Where this head's slice starts in a row.
+    pub offset: usize,
+    /// Cached positions to attend over.
+    pub len: usize,
+}
+
+/// Causal attention of one query head `q` over the cached positions of `kv`.
 ///
-/// `keys`/`values` hold `len` rows of `stride` floats, the head's slice starting at
-/// `offset`; `scores` is scratch of at least `len`; the result goes to `out` (head_dim).
-/// The whole loop is compiled for the detected instruction set (scores use the same
+/// `scores` is scratch of at least `kv.len`; the result goes to `out` (head_dim). The
+/// whole loop is compiled for the detected instruction set (scores use the same
 /// lane-structured dot as everything else, so results do not depend on it).
-#[allow(clippy::too_many_arguments)]
-pub fn attend(
-    isa: Isa,
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    stride: usize,
-    offset: usize,
-    len: usize,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    assert!(len > 0 && keys.len() >= (len - 1) * stride + offset + q.len());
-    assert!(values.len() >= (len - 1) * stride + offset + q.len() && out.len() == q.len());
+pub fn attend(isa: Isa, q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut [f32]) {
+    let need = (kv.len.max(1) - 1) * kv.stride + kv.offset + q.len();
+    assert!(kv.len > 0 && kv.keys.len() >= need && kv.values.len() >= need);
+    assert!(out.len() == q.len());
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` comes only from detection that found AVX2.
-        Isa::Avx2 => unsafe { attend_avx2(q, keys, values, stride, offset, len, scores, out) },
+        Isa::Avx2 => unsafe { attend_avx2(q, kv, scores, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` comes only from detection that found AVX-512F.
-        Isa::Avx512 => unsafe { attend_avx512(q, keys, values, stride, offset, len, scores, out) },
-        _ => attend_generic(q, keys, values, stride, offset, len, scores, out),
+        Isa::Avx512 => unsafe { attend_avx512(q, kv, scores, out) },
+        _ => attend_generic(q, kv, scores, out),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx2(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    stride: usize,
-    offset: usize,
-    len: usize,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attend_generic(q, keys, values, stride, offset, len, scores, out)
+unsafe fn attend_avx2(q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut [f32]) {
+    attend_generic(q, kv, scores, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx512(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    stride: usize,
-    offset: usize,
-    len: usize,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
+unsafe fn attend_avx512(q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut [f32]) {
     if q.len().is_multiple_of(16) {
         let four = |k: &[f32], stride: usize, q: &[f32], r: &mut [f32; 4]| {
             assert!(k.len() >= 3 * stride + q.len());
             // SAFETY: AVX-512F is enabled here; the four rows lie inside `k` (asserted).
             unsafe { dot4_avx512(k, stride, q, r) }
         };
-        return attend_with(q, keys, values, stride, offset, len, scores, out, four);
+        return attend_with(q, kv, scores, out, four);
     }
-    attend_generic(q, keys, values, stride, offset, len, scores, out)
+    attend_generic(q, kv, scores, out)
 }
 
 /// Four dot products of `q` (a multiple of 16 long) with rows `stride` apart, with the
@@ -708,38 +715,30 @@ unsafe fn dot4_avx512(k: &[f32], stride: usize, q: &[f32], r: &mut [f32; 4]) {
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_generic(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    stride: usize,
-    offset: usize,
-    len: usize,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
+fn attend_generic(q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut [f32]) {
     let four = |k: &[f32], stride: usize, q: &[f32], r: &mut [f32; 4]| {
         dot::dot_rows_strided_generic::<4>(k, stride, q.len(), q, r)
     };
-    attend_with(q, keys, values, stride, offset, len, scores, out, four)
+    attend_with(q, kv, scores, out, four)
 }
 
 /// The attention of [`attend`], with `dot4` computing four keys' scores at once (each
 /// the same arithmetic as [`dot::dot_rows_strided_generic`]).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn attend_with(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    stride: usize,
-    offset: usize,
-    len: usize,
+    kv: KvHead<'_>,
     scores: &mut [f32],
     out: &mut [f32],
     dot4: impl Fn(&[f32], usize, &[f32], &mut [f32; 4]),
 ) {
+    let KvHead {
+        keys,
+        values,
+        stride,
+        offset,
+        len,
+    } = kv;
     let hd = q.len();
     let scale = 1.0 / (hd as f32).sqrt();
     let scores = &mut scores[..len];
@@ -933,30 +932,17 @@ mod tests {
                 let q = test_values(hd, 11);
                 let mut want = vec![0.0f32; hd];
                 let mut scores = vec![0.0f32; len];
-                attend(
-                    Isa::Baseline,
-                    &q,
-                    &keys,
-                    &values,
+                let kv = KvHead {
+                    keys: &keys,
+                    values: &values,
                     stride,
                     offset,
                     len,
-                    &mut scores,
-                    &mut want,
-                );
+                };
+                attend(Isa::Baseline, &q, kv, &mut scores, &mut want);
                 for isa in Isa::available() {
                     let mut got = vec![f32::NAN; hd];
-                    attend(
-                        isa,
-                        &q,
-                        &keys,
-                        &values,
-                        stride,
-                        offset,
-                        len,
-                        &mut scores,
-                        &mut got,
-                    );
+                    attend(isa, &q, kv, &mut scores, &mut got);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&got), bits(&want), "{isa:?} hd {hd} len {len}");
                 }

@@ -20,9 +20,9 @@
 
 use super::pool::WorkerPool;
 use super::qdot::{Q8Block, QK};
+use super::quant::f16_at;
 use super::IntSimd as Simd;
 use crate::tensor::DType;
-use half::f16;
 
 /// Rows per interleaved group.
 pub const GROUP: usize = 8;
@@ -122,8 +122,7 @@ impl PackedMatrix {
     /// token `t`. `use_simd` selects the AVX2 (or AVX-512 VNNI) kernel where the CPU has
     /// it; every path gives the same bits as [`dot_reference`].
     pub fn dot_group(&self, g: usize, acts: &[&[Q8Block]], use_simd: bool, out: &mut [f32]) {
-        let simd = if use_simd { Simd::detect() } else { None };
-        self.dot_group_with(simd, g, acts, out)
+        self.dot_group_with(Simd::select(use_simd), g, acts, out)
     }
 
     /// Dot products of groups `g0..` with one activation row (a decode step): rows
@@ -131,14 +130,29 @@ impl PackedMatrix {
     /// partial), each as [`dot_reference`]. One call covers a task's groups, so the
     /// per-call checks and dispatch are paid once.
     pub fn dot_rows(&self, g0: usize, acts: &[Q8Block], use_simd: bool, out: &mut [f32]) {
+        self.dot_rows_with(Simd::select(use_simd), g0, acts, out)
+    }
+
+    pub(super) fn dot_rows_with(
+        &self,
+        simd: Option<Simd>,
+        g0: usize,
+        acts: &[Q8Block],
+        out: &mut [f32],
+    ) {
         let r0 = g0 * GROUP;
         assert!(r0 + out.len() <= self.rows && acts.len() >= self.nb);
         assert!(out.len().is_multiple_of(GROUP) || r0 + out.len() == self.rows);
-        let simd = if use_simd { Simd::detect() } else { None };
         super::for_groups::<GROUP>(g0, out, |g, dst| self.dot_group_with(simd, g, &[acts], dst));
     }
 
-    fn dot_group_with(&self, simd: Option<Simd>, g: usize, acts: &[&[Q8Block]], out: &mut [f32]) {
+    pub(super) fn dot_group_with(
+        &self,
+        simd: Option<Simd>,
+        g: usize,
+        acts: &[&[Q8Block]],
+        out: &mut [f32],
+    ) {
         let nt = acts.len();
         assert!(g < self.groups() && (1..=MAX_TOKENS).contains(&nt));
         assert!(out.len() >= nt * GROUP && acts.iter().all(|a| a.len() >= self.nb));
@@ -220,10 +234,6 @@ impl PackedMatrix {
             }
         }
     }
-}
-
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
 /// The defining arithmetic on one row in ggml's layout: per block the exact integer

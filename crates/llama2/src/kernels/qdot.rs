@@ -16,6 +16,7 @@
 use half::f16;
 
 use super::pool::WorkerPool;
+use super::quant::f16_at;
 use super::IntSimd as Simd;
 use super::SharedOut;
 use crate::tensor::DType;
@@ -63,18 +64,14 @@ pub fn quantize_activations(x: &[f32], out: &mut Vec<Q8Block>) {
 /// Round half to even for |x| < 2^22 (here |x| <= 127), without a libm call: adding
 /// and subtracting 1.5 * 2^23 leaves the nearest integer under IEEE round-to-nearest-even.
 #[inline(always)]
-fn round_half_even(x: f32) -> f32 {
+pub(crate) fn round_half_even(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     (x + MAGIC) - MAGIC
 }
 
+/// The sum of eight lanes in ggml's `hsum_float_8` order.
 #[inline(always)]
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
-}
-
-#[inline(always)]
-fn hsum8(a: [f32; 8]) -> f32 {
+pub(crate) fn hsum8(a: [f32; 8]) -> f32 {
     // _mm256 → two halves added, then pairs, then the last two (ggml's hsum_float_8).
     let r = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
     let (x, y) = (r[0] + r[2], r[1] + r[3]);
@@ -175,7 +172,7 @@ impl InterleavedQ4_1 {
     /// `t`. `use_simd` selects the AVX2 (or AVX-512 VNNI) kernel where the CPU has it;
     /// every path gives the bits of [`dot_q4_1_reference`].
     pub fn dot_group(&self, g: usize, acts: &[&[Q8Block]], use_simd: bool, out: &mut [f32]) {
-        self.dot_group_with(detect(use_simd), g, acts, out)
+        self.dot_group_with(Simd::select(use_simd), g, acts, out)
     }
 
     /// Dot products of groups `g0..` with one activation row (a decode step): rows
@@ -183,14 +180,29 @@ impl InterleavedQ4_1 {
     /// partial), each as [`dot_q4_1_reference`]. One call covers a task's groups, so
     /// the per-call checks and dispatch are paid once.
     pub fn dot_rows(&self, g0: usize, acts: &[Q8Block], use_simd: bool, out: &mut [f32]) {
+        self.dot_rows_with(Simd::select(use_simd), g0, acts, out)
+    }
+
+    pub(super) fn dot_rows_with(
+        &self,
+        simd: Option<Simd>,
+        g0: usize,
+        acts: &[Q8Block],
+        out: &mut [f32],
+    ) {
         let r0 = g0 * GROUP;
         assert!(r0 + out.len() <= self.rows);
         assert!(out.len().is_multiple_of(GROUP) || r0 + out.len() == self.rows);
-        let simd = detect(use_simd);
         super::for_groups::<GROUP>(g0, out, |g, dst| self.dot_group_with(simd, g, &[acts], dst));
     }
 
-    fn dot_group_with(&self, simd: Option<Simd>, g: usize, acts: &[&[Q8Block]], out: &mut [f32]) {
+    pub(super) fn dot_group_with(
+        &self,
+        simd: Option<Simd>,
+        g: usize,
+        acts: &[&[Q8Block]],
+        out: &mut [f32],
+    ) {
         let nt = acts.len();
         assert!(g < self.groups() && (1..=MAX_TOKENS).contains(&nt));
         assert!(out.len() >= nt * GROUP && acts.iter().all(|a| a.len() >= self.nb));
@@ -259,15 +271,6 @@ impl InterleavedQ4_1 {
                 out[t * GROUP + r] = hsum8(acc) + summs;
             }
         }
-    }
-}
-
-/// The SIMD kernel to use, if `use_simd` and the CPU has one.
-fn detect(use_simd: bool) -> Option<Simd> {
-    if use_simd {
-        Simd::detect()
-    } else {
-        None
     }
 }
 

@@ -30,8 +30,8 @@ const QK: usize = 32;
 const QK_K: usize = 256;
 
 /// Reads the little-endian f16 at `b[i..i + 2]` as f32 (exact).
-#[inline]
-fn f16_at(b: &[u8], i: usize) -> f32 {
+#[inline(always)]
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
