@@ -351,7 +351,8 @@ fn float_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut)
     }
 }
 
-/// Rows `r0..r1` of a K-quant product, each row meeting the tokens four at a time.
+/// Rows `r0..r1` of a K-quant product, each row meeting the tokens
+/// [`kquant::tokens_per_call`] at a time.
 fn kquant_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut) {
     let (rows, n) = (w.rows, io.n);
     let simd = io.int_simd;
@@ -362,7 +363,7 @@ fn kquant_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut
             let row = w.row_bytes(r, r + 1);
             let mut t = t0;
             while t < t1 {
-                let nt = kquant::MAX_TOKENS.min(t1 - t);
+                let nt = kquant::tokens_per_call(simd).min(t1 - t);
                 let refs: [&[kquant::Q8KBlock]; kquant::MAX_TOKENS] =
                     std::array::from_fn(|i| io.acts_k[t + i.min(nt - 1)].as_slice());
                 kquant::dot_row_with(simd, w.dtype(), row, &refs[..nt], &mut res);
