@@ -399,8 +399,13 @@ unsafe fn group<const VNNI: bool, const Q4: bool, const T: usize>(
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let p = blocks.as_ptr().add(b * gb);
-        // Hint the stream a few blocks ahead (a hint: no fault even past the end).
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH * gb) as *const i8);
+        // Every line of the group block a few blocks ahead (hints: no fault even past
+        // the end). One line per block left decode waiting on loads on Zen 3: Q8_0
+        // one-thread decode +35%, 7B Q4_0 +15%.
+        let ahead = p.wrapping_add(PREFETCH * gb);
+        for off in (0..gb).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off) as *const i8);
+        }
         let a: [&Q8Block; T] = std::array::from_fn(|t| acts[t].get_unchecked(b));
         let mut isum = [_mm256_setzero_si256(); T];
         if Q4 {
