@@ -356,6 +356,7 @@ fn float_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut)
 fn kquant_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut) {
     let (rows, n) = (w.rows, io.n);
     let simd = io.int_simd;
+    let per_call = kquant::tokens_per_call(simd);
     let mut res = [0.0f32; kquant::MAX_TOKENS];
     for t0 in (0..n).step_by(TOKEN_TILE) {
         let t1 = (t0 + TOKEN_TILE).min(n);
@@ -363,7 +364,7 @@ fn kquant_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut
             let row = w.row_bytes(r, r + 1);
             let mut t = t0;
             while t < t1 {
-                let nt = kquant::tokens_per_call(simd).min(t1 - t);
+                let nt = per_call.min(t1 - t);
                 let refs: [&[kquant::Q8KBlock]; kquant::MAX_TOKENS] =
                     std::array::from_fn(|i| io.acts_k[t + i.min(nt - 1)].as_slice());
                 kquant::dot_row_with(simd, w.dtype(), row, &refs[..nt], &mut res);
@@ -643,8 +644,9 @@ pub struct KvHead<'a> {
 /// whole loop is compiled for the detected instruction set (scores use the same
 /// lane-structured dot as everything else, so results do not depend on it).
 pub fn attend(isa: Isa, q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut [f32]) {
-    let need = (kv.len.max(1) - 1) * kv.stride + kv.offset + q.len();
-    assert!(kv.len > 0 && kv.keys.len() >= need && kv.values.len() >= need);
+    assert!(kv.len > 0);
+    let need = (kv.len - 1) * kv.stride + kv.offset + q.len();
+    assert!(kv.keys.len() >= need && kv.values.len() >= need);
     assert!(out.len() == q.len());
     match isa {
         #[cfg(target_arch = "x86_64")]
