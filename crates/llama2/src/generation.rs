@@ -18,7 +18,7 @@ use crate::chat::{self, Dialog, Message, Role};
 use crate::error::{Error, Result};
 use crate::kernels::{Precision, WorkerPool};
 use crate::loader::{load_model, LoadedModel};
-use crate::model::{KvCache, SeqChunk, Transformer};
+use crate::model::{KvPool, KvType, SeqChunk, Transformer};
 use crate::sampling::{self, Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -411,7 +411,7 @@ impl Llama {
         let tokens: Vec<u32> = (0..n as u64)
             .map(|i| ((i * 2654435761 + 12345) % vocab) as u32)
             .collect();
-        let mut cache = KvCache::new(&self.model, 1, n);
+        let mut cache = KvPool::new(self.model.args(), 1, n, KvType::F32)?;
         let chunk = SeqChunk {
             slot: 0,
             start_pos: 0,
@@ -420,7 +420,7 @@ impl Llama {
         };
         let (model, rope) = (&self.model, &self.rope);
         let start = std::time::Instant::now();
-        model.forward(&self.pool, &mut cache, rope, &[chunk])?;
+        model.forward_once(&self.pool, &mut cache, rope, &[chunk])?;
         Ok(start.elapsed())
     }
 
@@ -433,7 +433,7 @@ impl Llama {
                 self.max_seq_len
             )));
         }
-        let mut cache = KvCache::new(&self.model, 1, n + 1);
+        let mut cache = KvPool::new(self.model.args(), 1, n + 1, KvType::F32)?;
         let (model, rope) = (&self.model, &self.rope);
         let mut tok = self.tokenizer.bos_id();
         let start = std::time::Instant::now();
@@ -445,7 +445,7 @@ impl Llama {
                 tokens: &t,
                 all_logits: false,
             };
-            let logits = model.forward(&self.pool, &mut cache, rope, &[chunk])?;
+            let logits = model.forward_once(&self.pool, &mut cache, rope, &[chunk])?;
             tok = sampling::argmax(&logits[0]);
         }
         Ok(start.elapsed())
@@ -464,7 +464,7 @@ impl Llama {
                 max_seq_len: self.max_seq_len,
             });
         }
-        let mut cache = KvCache::new(&self.model, 1, tokens.len());
+        let mut cache = KvPool::new(self.model.args(), 1, tokens.len(), KvType::F32)?;
         let chunk = SeqChunk {
             slot: 0,
             start_pos: 0,
@@ -472,7 +472,7 @@ impl Llama {
             all_logits: true,
         };
         let (model, rope) = (&self.model, &self.rope);
-        let mut out = model.forward(&self.pool, &mut cache, rope, &[chunk])?;
+        let mut out = model.forward_once(&self.pool, &mut cache, rope, &[chunk])?;
         Ok(out.remove(0))
     }
 
@@ -548,7 +548,7 @@ impl Llama {
             .map(|(p, b)| p.len() + b)
             .max()
             .unwrap_or(1);
-        let mut cache = KvCache::new(&self.model, bsz, cache_len);
+        let mut cache = KvPool::new(self.model.args(), bsz, cache_len, KvType::F32)?;
         let want_prompt_logprobs = opts.logprobs && opts.echo;
 
         let chunks: Vec<SeqChunk> = prompt_tokens
@@ -563,7 +563,7 @@ impl Llama {
             .collect();
         let (model, rope) = (&self.model, &self.rope);
         let started = std::time::Instant::now();
-        let prefill = model.forward(&self.pool, &mut cache, rope, &chunks)?;
+        let prefill = model.forward_once(&self.pool, &mut cache, rope, &chunks)?;
         self.stats = GenerationStats {
             prompt_tokens: prompt_tokens.iter().map(Vec::len).sum(),
             prefill: started.elapsed(),
@@ -633,7 +633,7 @@ impl Llama {
                 })
                 .collect();
             let (model, rope) = (&self.model, &self.rope);
-            let out = model.forward(&self.pool, &mut cache, rope, &chunks)?;
+            let out = model.forward_once(&self.pool, &mut cache, rope, &chunks)?;
             for ((row, _), logits) in step.iter().zip(out) {
                 last_logits[*row] = logits;
             }

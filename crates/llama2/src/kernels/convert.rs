@@ -1,6 +1,7 @@
 //! Conversion of stored weight rows to f32: f32, f16, bf16 little-endian bytes (exact:
 //! every value is representable in f32) and ggml's quantized blocks (dequantized
-//! exactly as ggml defines them, see [`super::quant`]).
+//! exactly as ggml defines them, see [`super::quant`]); and the f32 <-> f16 conversions
+//! of the KV cache.
 
 use crate::tensor::DType;
 
@@ -60,4 +61,18 @@ mod tests {
         assert_eq!(out.to_vec(), expect);
         assert_eq!(out[1], -1.5);
     }
+}
+
+/// f32 values rounded to IEEE half (nearest even), as bit patterns.
+pub fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    dst.reinterpret_cast_mut::<half::f16>()
+        .convert_from_f32_slice(src);
+}
+
+/// IEEE half bit patterns widened to f32 (exact).
+pub fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    src.reinterpret_cast::<half::f16>()
+        .convert_to_f32_slice(dst);
 }

@@ -622,20 +622,30 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// One kv head's cached keys and values for [`attend`]: `len` rows of `stride` floats
-/// in each of `keys` and `values`, the head's slice of a row starting at `offset`.
+/// One kv head's cached keys and values for [`attend`]: `len` rows of `stride` values
+/// in each of `keys` and `values`, the head's slice of a row starting at `offset`. `T` is
+/// `f32`, or `u16` for IEEE half bit patterns ([`attend_f16`]).
 #[derive(Clone, Copy, Debug)]
-pub struct KvHead<'a> {
+pub struct KvHead<'a, T = f32> {
     /// Cached keys, row-major.
-    pub keys: &'a [f32],
+    pub keys: &'a [T],
     /// Cached values, row-major.
-    pub values: &'a [f32],
-    /// Floats per cached row (all kv heads).
+    pub values: &'a [T],
+    /// Values per cached row (all kv heads).
     pub stride: usize,
     /// Where this head's slice starts in a row.
     pub offset: usize,
     /// Cached positions to attend over.
     pub len: usize,
+}
+
+impl<T> KvHead<'_, T> {
+    fn check(&self, hd: usize, out: &[f32]) {
+        assert!(self.len > 0);
+        let need = (self.len - 1) * self.stride + self.offset + hd;
+        assert!(self.keys.len() >= need && self.values.len() >= need);
+        assert!(out.len() == hd);
+    }
 }
 
 /// Causal attention of one query head `q` over the cached positions of `kv`.
@@ -644,10 +654,7 @@ pub struct KvHead<'a> {
 /// whole loop is compiled for the detected instruction set (scores use the same
 /// lane-structured dot as everything else, so results do not depend on it).
 pub fn attend(isa: Isa, q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut [f32]) {
-    assert!(kv.len > 0);
-    let need = (kv.len - 1) * kv.stride + kv.offset + q.len();
-    assert!(kv.keys.len() >= need && kv.values.len() >= need);
-    assert!(out.len() == q.len());
+    kv.check(q.len(), out);
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` comes only from detection that found AVX2.
@@ -659,6 +666,34 @@ pub fn attend(isa: Isa, q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut
     }
 }
 
+/// Positions whose f16 keys or values are widened at a time by [`attend_f16`].
+pub const F16_BLOCK: usize = 32;
+
+/// [`attend`] over an f16 cache: keys and values are widened to f32 (exactly)
+/// [`F16_BLOCK`] positions at a time into `scratch` (at least `F16_BLOCK * head_dim`),
+/// then meet the same arithmetic as [`attend`], so the result equals [`attend`] on the
+/// widened cache, on every instruction set.
+pub fn attend_f16(
+    isa: Isa,
+    q: &[f32],
+    kv: KvHead<'_, u16>,
+    scores: &mut [f32],
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    kv.check(q.len(), out);
+    assert!(scratch.len() >= F16_BLOCK * q.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` comes only from detection that found AVX2.
+        Isa::Avx2 => unsafe { attend_f16_avx2(q, kv, scores, scratch, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` comes only from detection that found AVX-512F.
+        Isa::Avx512 => unsafe { attend_f16_avx512(q, kv, scores, scratch, out) },
+        _ => attend_f16_with(q, kv, scores, scratch, out, dot4_generic),
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn attend_avx2(q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut [f32]) {
@@ -666,17 +701,50 @@ unsafe fn attend_avx2(q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut [
 }
 
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_f16_avx2(
+    q: &[f32],
+    kv: KvHead<'_, u16>,
+    scores: &mut [f32],
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_f16_with(q, kv, scores, scratch, out, dot4_generic)
+}
+
+/// [`dot4_avx512`] behind a safe signature (AVX-512F must be enabled by the caller).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn dot4_avx512_checked(k: &[f32], stride: usize, q: &[f32], r: &mut [f32; 4]) {
+    assert!(k.len() >= 3 * stride + q.len() && q.len().is_multiple_of(16));
+    // SAFETY: only inlined into functions compiled with AVX-512F (`attend_avx512`,
+    // `attend_f16_avx512`), which run only where detection found it; the four rows lie
+    // inside `k` (asserted).
+    unsafe { dot4_avx512(k, stride, q, r) }
+}
+
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn attend_avx512(q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut [f32]) {
     if q.len().is_multiple_of(16) {
-        let four = |k: &[f32], stride: usize, q: &[f32], r: &mut [f32; 4]| {
-            assert!(k.len() >= 3 * stride + q.len());
-            // SAFETY: AVX-512F is enabled here; the four rows lie inside `k` (asserted).
-            unsafe { dot4_avx512(k, stride, q, r) }
-        };
-        return attend_with(q, kv, scores, out, four);
+        return attend_with(q, kv, scores, out, dot4_avx512_checked);
     }
     attend_generic(q, kv, scores, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_f16_avx512(
+    q: &[f32],
+    kv: KvHead<'_, u16>,
+    scores: &mut [f32],
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    if q.len().is_multiple_of(16) {
+        return attend_f16_with(q, kv, scores, scratch, out, dot4_avx512_checked);
+    }
+    attend_f16_with(q, kv, scores, scratch, out, dot4_generic)
 }
 
 /// Four dot products of `q` (a multiple of 16 long) with rows `stride` apart, with the
@@ -718,11 +786,13 @@ unsafe fn dot4_avx512(k: &[f32], stride: usize, q: &[f32], r: &mut [f32; 4]) {
 }
 
 #[inline(always)]
+fn dot4_generic(k: &[f32], stride: usize, q: &[f32], r: &mut [f32; 4]) {
+    dot::dot_rows_strided_generic::<4>(k, stride, q.len(), q, r)
+}
+
+#[inline(always)]
 fn attend_generic(q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut [f32]) {
-    let four = |k: &[f32], stride: usize, q: &[f32], r: &mut [f32; 4]| {
-        dot::dot_rows_strided_generic::<4>(k, stride, q.len(), q, r)
-    };
-    attend_with(q, kv, scores, out, four)
+    attend_with(q, kv, scores, out, dot4_generic)
 }
 
 /// The attention of [`attend`], with `dot4` computing four keys' scores at once (each
@@ -742,45 +812,101 @@ fn attend_with(
         offset,
         len,
     } = kv;
+    let scores = &mut scores[..len];
+    key_scores(q, &keys[offset..], stride, scores, &dot4);
+    softmax_generic(scores);
+    out.fill(0.0);
+    value_sums(scores, &values[offset..], stride, out);
+}
+
+/// [`attend_with`] over f16 storage, widened block by block (see [`attend_f16`]).
+#[inline(always)]
+fn attend_f16_with(
+    q: &[f32],
+    kv: KvHead<'_, u16>,
+    scores: &mut [f32],
+    scratch: &mut [f32],
+    out: &mut [f32],
+    dot4: impl Fn(&[f32], usize, &[f32], &mut [f32; 4]),
+) {
+    let KvHead {
+        keys,
+        values,
+        stride,
+        offset,
+        len,
+    } = kv;
+    let hd = q.len();
+    let scores = &mut scores[..len];
+    // The head's slice of rows `j0..j1` of `rows`, widened into `scratch` (stride `hd`).
+    let widen = |rows: &[u16], j0: usize, j1: usize, scratch: &mut [f32]| {
+        for (j, dst) in (j0..j1).zip(scratch.chunks_exact_mut(hd)) {
+            convert::f16_to_f32(&rows[j * stride + offset..][..hd], dst);
+        }
+    };
+    for j0 in (0..len).step_by(F16_BLOCK) {
+        let j1 = (j0 + F16_BLOCK).min(len);
+        widen(keys, j0, j1, scratch);
+        key_scores(q, scratch, hd, &mut scores[j0..j1], &dot4);
+    }
+    softmax_generic(scores);
+    out.fill(0.0);
+    for j0 in (0..len).step_by(F16_BLOCK) {
+        let j1 = (j0 + F16_BLOCK).min(len);
+        widen(values, j0, j1, scratch);
+        value_sums(&scores[j0..j1], scratch, hd, out);
+    }
+}
+
+/// `scores[j] = dot(q, keys[j * stride..]) / sqrt(hd)` for every `j`.
+#[inline(always)]
+fn key_scores(
+    q: &[f32],
+    keys: &[f32],
+    stride: usize,
+    scores: &mut [f32],
+    dot4: &impl Fn(&[f32], usize, &[f32], &mut [f32; 4]),
+) {
     let hd = q.len();
     let scale = 1.0 / (hd as f32).sqrt();
-    let scores = &mut scores[..len];
     // Four keys per pass share the query's loads; each score is the same dot as alone.
     let mut j = 0;
     let mut r = [0.0f32; 4];
-    while j + 4 <= len {
-        let k = &keys[j * stride + offset..];
-        dot4(k, stride, q, &mut r);
+    while j + 4 <= scores.len() {
+        dot4(&keys[j * stride..], stride, q, &mut r);
         for (s, v) in scores[j..j + 4].iter_mut().zip(r) {
             *s = v * scale;
         }
         j += 4;
     }
     for (j, s) in scores.iter_mut().enumerate().skip(j) {
-        let k = &keys[j * stride + offset..];
-        dot::dot_rows_strided_generic::<1>(k, stride, hd, q, &mut r[..1]);
+        dot::dot_rows_strided_generic::<1>(&keys[j * stride..], stride, hd, q, &mut r[..1]);
         *s = r[0] * scale;
     }
-    softmax_generic(scores);
-    // Values: each output element adds `p_j * v_j` over the positions in order. Sixty-four
-    // (then sixteen, then one) elements at a time, their sums held in registers for the
-    // whole pass rather than reloaded from `out` per position.
+}
+
+/// `out[i] += p[j] * values[j * stride + i]` over the positions `j` in order. Sixty-four
+/// (then sixteen, then one) elements at a time, their sums held in registers for the
+/// whole pass rather than reloaded from `out` per position.
+#[inline(always)]
+fn value_sums(p: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
+    let hd = out.len();
     let mut c = 0;
     while c + 64 <= hd {
-        weighted_sum::<64>(scores, values, stride, offset + c, &mut out[c..]);
+        weighted_sum::<64>(p, values, stride, c, &mut out[c..]);
         c += 64;
     }
     while c + 16 <= hd {
-        weighted_sum::<16>(scores, values, stride, offset + c, &mut out[c..]);
+        weighted_sum::<16>(p, values, stride, c, &mut out[c..]);
         c += 16;
     }
     while c < hd {
-        weighted_sum::<1>(scores, values, stride, offset + c, &mut out[c..]);
+        weighted_sum::<1>(p, values, stride, c, &mut out[c..]);
         c += 1;
     }
 }
 
-/// `out[i] = sum_j p[j] * values[j * stride + at + i]` for `i < W`, positions in order.
+/// `out[i] += sum_j p[j] * values[j * stride + at + i]` for `i < W`, positions in order.
 #[inline(always)]
 fn weighted_sum<const W: usize>(
     p: &[f32],
@@ -789,7 +915,7 @@ fn weighted_sum<const W: usize>(
     at: usize,
     out: &mut [f32],
 ) {
-    let mut acc = [0.0f32; W];
+    let mut acc: [f32; W] = out[..W].try_into().expect("W elements");
     for (j, &pj) in p.iter().enumerate() {
         let v = &values[j * stride + at..][..W];
         for (a, x) in acc.iter_mut().zip(v) {
@@ -965,6 +1091,50 @@ mod tests {
                         .map(|j| e[j] / z * values[j * stride + offset + i] as f64)
                         .sum();
                     assert!((*w as f64 - exact).abs() < 1e-4, "hd {hd} len {len} #{i}");
+                }
+            }
+        }
+    }
+
+    /// f16 attention equals f32 attention over the same values rounded to f16, on every
+    /// instruction set (lengths across the widening blocks).
+    #[test]
+    fn f16_attention_is_f32_attention_on_the_rounded_cache() {
+        for hd in [64, 48, 128] {
+            let (stride, offset) = (2 * hd, hd);
+            for len in [1, 5, 31, 32, 33, 70] {
+                let keys = test_values(len * stride, 3 + len as u64);
+                let values = test_values(len * stride, 5 + len as u64);
+                let q = test_values(hd, 13);
+                let (mut k16, mut v16) = (vec![0u16; keys.len()], vec![0u16; values.len()]);
+                convert::f32_to_f16(&keys, &mut k16);
+                convert::f32_to_f16(&values, &mut v16);
+                let (mut kr, mut vr) = (vec![0f32; keys.len()], vec![0f32; values.len()]);
+                convert::f16_to_f32(&k16, &mut kr);
+                convert::f16_to_f32(&v16, &mut vr);
+                let mut scores = vec![0.0f32; len];
+                let mut scratch = vec![0.0f32; F16_BLOCK * hd];
+                let mut want = vec![0.0f32; hd];
+                let kv = KvHead {
+                    keys: &kr[..],
+                    values: &vr[..],
+                    stride,
+                    offset,
+                    len,
+                };
+                attend(Isa::Baseline, &q, kv, &mut scores, &mut want);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                for isa in Isa::available() {
+                    let mut got = vec![f32::NAN; hd];
+                    let kv16 = KvHead {
+                        keys: &k16[..],
+                        values: &v16[..],
+                        stride,
+                        offset,
+                        len,
+                    };
+                    attend_f16(isa, &q, kv16, &mut scores, &mut scratch, &mut got);
+                    assert_eq!(bits(&got), bits(&want), "{isa:?} hd {hd} len {len}");
                 }
             }
         }

@@ -1,9 +1,15 @@
 //! The Llama transformer forward pass (REFERENCE §2) over stored weights, with a
-//! key/value cache and batches of sequences at arbitrary positions.
+//! key/value cache of sequence slots ([`kv`]) and batches of sequences at arbitrary
+//! positions.
 //!
-//! All activation math is f32. One call processes any mix of sequences: a prompt
-//! prefill (many tokens from position 0) and decode steps (one token each) share the
-//! same matrix products, so the weights are read once per call.
+//! All activation math is f32. One call processes any mix of sequences: prompt pieces
+//! (many tokens) and decode steps (one token each) share the same matrix products, so
+//! the weights are read once per call. Scratch memory lives in a [`Workspace`] kept
+//! between calls, and logits go to a buffer the caller owns.
+
+pub mod kv;
+
+pub use kv::{KvPool, KvType};
 
 use std::collections::HashMap;
 
@@ -38,56 +44,45 @@ pub struct Transformer {
     precision: Precision,
 }
 
-/// Keys and values of every layer for a number of sequence slots.
-#[derive(Clone, Debug)]
-pub struct KvCache {
-    slots: usize,
-    max_seq_len: usize,
-    kv_dim: usize,
-    /// Per layer: `[slots, max_seq_len, kv_dim]`.
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+/// Scratch memory of [`Transformer::forward`], kept between calls so a step allocates
+/// nothing in proportion to the model once the buffers have grown to the batch size.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    x: Vec<f32>,
+    xb: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    proj: Vec<f32>,
+    h1: Vec<f32>,
+    h3: Vec<f32>,
+    normed: Vec<f32>,
+    /// (slot, position) of every token of the call.
+    places: Vec<(usize, usize)>,
+    tokens: Vec<u32>,
+    /// Token rows whose logits are returned.
+    wanted: Vec<usize>,
 }
 
-impl KvCache {
-    /// Cache for `slots` sequences of up to `max_seq_len` positions.
-    ///
-    /// Memory is requested zeroed, so untouched positions cost no resident memory.
-    pub fn new(model: &Transformer, slots: usize, max_seq_len: usize) -> Self {
-        let kv_dim = model.args.n_kv_heads() * model.args.head_dim();
-        let per_layer = slots * max_seq_len * kv_dim;
-        KvCache {
-            slots,
-            max_seq_len,
-            kv_dim,
-            k: (0..model.args.n_layers)
-                .map(|_| vec![0.0; per_layer])
-                .collect(),
-            v: (0..model.args.n_layers)
-                .map(|_| vec![0.0; per_layer])
-                .collect(),
-        }
+impl Workspace {
+    /// An empty workspace (buffers grow on first use).
+    pub fn new() -> Self {
+        Self::default()
     }
+}
 
-    /// Number of sequence slots.
-    pub fn slots(&self) -> usize {
-        self.slots
-    }
-
-    /// Positions per slot.
-    pub fn max_seq_len(&self) -> usize {
-        self.max_seq_len
-    }
-
-    fn row(&self, slot: usize, pos: usize) -> usize {
-        (slot * self.max_seq_len + pos) * self.kv_dim
-    }
+/// `buf` as `n` zeros, reusing its allocation.
+fn zeroed(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    buf.clear();
+    buf.resize(n, 0.0);
+    buf
 }
 
 /// Tokens of one sequence to run through the model in a [`Transformer::forward`] call.
 #[derive(Clone, Copy, Debug)]
 pub struct SeqChunk<'a> {
-    /// Cache slot of the sequence.
+    /// KV cache slot of the sequence.
     pub slot: usize,
     /// Position of `tokens[0]`; positions before it must already be in the cache.
     pub start_pos: usize,
@@ -193,17 +188,21 @@ impl Transformer {
         RopeTable::new(self.args.head_dim(), max_seq_len, self.args.rope_theta)
     }
 
-    /// Runs `chunks` through the model, filling the cache, and returns for each chunk
-    /// its logits: `tokens.len()` rows of `vocab_size` when `all_logits`, else one row.
+    /// Runs `chunks` through the model, filling their KV slots (mapped here if they hold
+    /// no memory yet), and writes the logits to `logits`: per chunk in order,
+    /// `tokens.len()` rows of `vocab_size` when `all_logits`, else one row (the last
+    /// token's).
     ///
-    /// Parallel work runs on `pool`.
+    /// Parallel work runs on `pool`; `ws` is scratch kept between calls.
     pub fn forward(
         &self,
         pool: &WorkerPool,
-        cache: &mut KvCache,
+        kv: &mut KvPool,
         rope: &RopeTable,
         chunks: &[SeqChunk<'_>],
-    ) -> Result<Vec<Vec<f32>>> {
+        ws: &mut Workspace,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         let a = &self.args;
         let (dim, hd) = (a.dim, a.head_dim());
         let (n_heads, n_kv) = (a.n_heads, a.n_kv_heads());
@@ -212,110 +211,153 @@ impl Transformer {
         let isa = Isa::detect();
 
         // (slot, position) of every token, after checking ids and positions.
-        let mut where_: Vec<(usize, usize)> = Vec::new();
+        ws.places.clear();
+        ws.tokens.clear();
         for c in chunks {
-            if c.tokens.is_empty() || c.slot >= cache.slots {
+            if c.tokens.is_empty() || c.slot >= kv.slots() {
                 return Err(Error::InvalidArgument(format!(
                     "bad forward chunk: {} tokens in slot {} of {}",
                     c.tokens.len(),
                     c.slot,
-                    cache.slots
+                    kv.slots()
                 )));
             }
-            let end = c.start_pos + c.tokens.len();
-            if end > cache.max_seq_len || end > rope.max_pos() {
+            let end = c
+                .start_pos
+                .checked_add(c.tokens.len())
+                .unwrap_or(usize::MAX);
+            if end > kv.ctx() || end > rope.max_pos() {
                 return Err(Error::InvalidArgument(format!(
                     "positions up to {end} exceed the cache length {}",
-                    cache.max_seq_len.min(rope.max_pos())
+                    kv.ctx().min(rope.max_pos())
                 )));
             }
-            for (i, &t) in c.tokens.iter().enumerate() {
-                if t as usize >= self.vocab_size {
-                    return Err(Error::InvalidTokenId {
-                        id: t,
-                        n_words: self.vocab_size,
-                    });
-                }
-                where_.push((c.slot, c.start_pos + i));
+            if let Some(&t) = c.tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
+                return Err(Error::InvalidTokenId {
+                    id: t,
+                    n_words: self.vocab_size,
+                });
             }
+            for i in 0..c.tokens.len() {
+                ws.places.push((c.slot, c.start_pos + i));
+            }
+            ws.tokens.extend_from_slice(c.tokens);
         }
-        let n = where_.len();
-        let tokens: Vec<u32> = chunks
-            .iter()
-            .flat_map(|c| c.tokens.iter().copied())
-            .collect();
-
-        let mut x = vec![0.0f32; n * dim];
-        for (row, &t) in x.chunks_exact_mut(dim).zip(&tokens) {
+        for c in chunks {
+            kv.ensure(c.slot)?;
+        }
+        let n = ws.places.len();
+        let hidden = a.ffn_hidden_dim();
+        let Workspace {
+            x,
+            xb,
+            q,
+            k,
+            v,
+            att,
+            proj,
+            h1,
+            h3,
+            normed,
+            places,
+            tokens,
+            wanted,
+        } = ws;
+        let x = zeroed(x, n * dim);
+        for (row, &t) in x.chunks_exact_mut(dim).zip(tokens.iter()) {
             self.tok_embeddings.row_f32(t as usize, row);
         }
-        let mut xb = vec![0.0f32; n * dim];
-        let mut q = vec![0.0f32; n * q_dim];
-        let mut k = vec![0.0f32; n * kv_dim];
-        let mut v = vec![0.0f32; n * kv_dim];
-        let mut att = vec![0.0f32; n * q_dim];
-        let mut proj = vec![0.0f32; n * dim];
-        let hidden = a.ffn_hidden_dim();
-        let mut h1 = vec![0.0f32; n * hidden];
-        let mut h3 = vec![0.0f32; n * hidden];
+        let xb = zeroed(xb, n * dim);
+        let q = zeroed(q, n * q_dim);
+        let k = zeroed(k, n * kv_dim);
+        let v = zeroed(v, n * kv_dim);
+        let att = zeroed(att, n * q_dim);
+        let proj = zeroed(proj, n * dim);
+        let h1 = zeroed(h1, n * hidden);
+        let h3 = zeroed(h3, n * hidden);
+        let places = &places[..];
         let group = n_heads / n_kv;
 
         for (layer, b) in self.blocks.iter().enumerate() {
-            per_row(pool, &mut xb, dim, &|t, o| {
+            per_row(pool, xb, dim, &|t, o| {
                 kernels::rmsnorm(&x[t * dim..(t + 1) * dim], &b.attention_norm, eps, o)
             });
             let qkv = [&b.wq, &b.wk, &b.wv];
             kernels::matmul_group(
                 pool,
                 &qkv,
-                &xb,
-                &mut [&mut q, &mut k, &mut v],
+                xb,
+                &mut [&mut *q, &mut *k, &mut *v],
                 self.precision,
             );
-            per_row(pool, &mut q, q_dim, &|t, qt| rope.apply(qt, where_[t].1));
-            per_row(pool, &mut k, kv_dim, &|t, kt| rope.apply(kt, where_[t].1));
-            for (t, &(slot, pos)) in where_.iter().enumerate() {
-                let r = cache.row(slot, pos);
-                cache.k[layer][r..r + kv_dim].copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
-                cache.v[layer][r..r + kv_dim].copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
+            per_row(pool, q, q_dim, &|t, qt| rope.apply(qt, places[t].1));
+            per_row(pool, k, kv_dim, &|t, kt| rope.apply(kt, places[t].1));
+            for (t, &(slot, pos)) in places.iter().enumerate() {
+                let span = t * kv_dim..(t + 1) * kv_dim;
+                kv.write(slot, layer, pos, &k[span.clone()], &v[span]);
             }
-            let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
-            let seq_len = cache.max_seq_len;
+            let kv_ref = &*kv;
+            let q = &*q;
             // One task per (token, query head), each writing its own `hd` outputs.
-            pool.for_each_chunk_mut(&mut att, hd, &|idx, out| {
+            pool.for_each_chunk_mut(att, hd, &|idx, out| {
                 let (t, h) = (idx / n_heads, idx % n_heads);
-                let (slot, pos) = where_[t];
-                let base = slot * seq_len * kv_dim;
-                let span = (pos + 1) * kv_dim;
-                let mut scores = vec![0.0f32; pos + 1];
-                let kv = kernels::KvHead {
-                    keys: &kc[base..base + span],
-                    values: &vc[base..base + span],
-                    stride: kv_dim,
-                    offset: (h / group) * hd,
-                    len: pos + 1,
-                };
+                let (slot, pos) = places[t];
+                let (keys, values) = kv_ref.layer(slot, layer).expect("slot mapped above");
                 let q_head = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                kernels::attend(isa, q_head, kv, &mut scores, out)
+                let offset = (h / group) * hd;
+                let len = pos + 1;
+                match (keys, values) {
+                    (kv::KvRows::F32(keys), kv::KvRows::F32(values)) => {
+                        let mut scores = vec![0.0f32; len];
+                        let head = kernels::KvHead {
+                            keys,
+                            values,
+                            stride: kv_dim,
+                            offset,
+                            len,
+                        };
+                        kernels::attend(isa, q_head, head, &mut scores, out)
+                    }
+                    (kv::KvRows::F16(keys), kv::KvRows::F16(values)) => {
+                        let mut scratch = vec![0.0f32; len + kernels::F16_BLOCK * hd];
+                        let (scores, widened) = scratch.split_at_mut(len);
+                        let head = kernels::KvHead {
+                            keys,
+                            values,
+                            stride: kv_dim,
+                            offset,
+                            len,
+                        };
+                        kernels::attend_f16(isa, q_head, head, scores, widened, out)
+                    }
+                    _ => unreachable!("keys and values share one storage type"),
+                }
             });
-            kernels::matmul_with(pool, &b.wo, &att, &mut proj, self.precision);
-            add_in_place(&mut x, &proj);
+            kernels::matmul_with(pool, &b.wo, att, proj, self.precision);
+            add_in_place(x, proj);
 
-            per_row(pool, &mut xb, dim, &|t, o| {
+            per_row(pool, xb, dim, &|t, o| {
                 kernels::rmsnorm(&x[t * dim..(t + 1) * dim], &b.ffn_norm, eps, o)
             });
             let gate_up = [&b.w1, &b.w3];
-            kernels::matmul_group(pool, &gate_up, &xb, &mut [&mut h1, &mut h3], self.precision);
+            kernels::matmul_group(
+                pool,
+                &gate_up,
+                xb,
+                &mut [&mut *h1, &mut *h3],
+                self.precision,
+            );
+            let h3 = &*h3;
             // An exponential per element: worth the workers even for one token.
-            pool.for_each_chunk_mut(&mut h1, SWIGLU_CHUNK, &|i, g| {
+            pool.for_each_chunk_mut(h1, SWIGLU_CHUNK, &|i, g| {
                 kernels::swiglu(g, &h3[i * SWIGLU_CHUNK..i * SWIGLU_CHUNK + g.len()])
             });
-            kernels::matmul_with(pool, &b.w2, &h1, &mut proj, self.precision);
-            add_in_place(&mut x, &proj);
+            kernels::matmul_with(pool, &b.w2, h1, proj, self.precision);
+            add_in_place(x, proj);
         }
 
         // Final norm and output layer, only on the rows whose logits are wanted.
-        let mut wanted = Vec::new();
+        wanted.clear();
         let mut first = 0;
         for c in chunks {
             let len = c.tokens.len();
@@ -323,21 +365,35 @@ impl Transformer {
             wanted.extend(from..first + len);
             first += len;
         }
-        let mut normed = vec![0.0f32; wanted.len() * dim];
-        for (o, &t) in normed.chunks_exact_mut(dim).zip(&wanted) {
+        let normed = zeroed(normed, wanted.len() * dim);
+        for (o, &t) in normed.chunks_exact_mut(dim).zip(wanted.iter()) {
             kernels::rmsnorm(&x[t * dim..(t + 1) * dim], &self.norm, eps, o);
         }
+        let logits = zeroed(logits, wanted.len() * self.vocab_size);
+        kernels::matmul_with(pool, &self.output, normed, logits, self.precision);
+        Ok(())
+    }
+
+    /// [`Transformer::forward`] with a fresh workspace, returning each chunk's logits as
+    /// its own vector (tests and one-off calls).
+    pub fn forward_once(
+        &self,
+        pool: &WorkerPool,
+        kv: &mut KvPool,
+        rope: &RopeTable,
+        chunks: &[SeqChunk<'_>],
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut logits = Vec::new();
+        self.forward(pool, kv, rope, chunks, &mut Workspace::new(), &mut logits)?;
         let vocab = self.vocab_size;
-        let mut logits = vec![0.0f32; wanted.len() * vocab];
-        kernels::matmul_with(pool, &self.output, &normed, &mut logits, self.precision);
-        let mut out = Vec::with_capacity(chunks.len());
-        let mut at = 0;
-        for c in chunks {
-            let rows = if c.all_logits { c.tokens.len() } else { 1 };
-            out.push(logits[at * vocab..(at + rows) * vocab].to_vec());
-            at += rows;
-        }
-        Ok(out)
+        let mut rows = logits.chunks_exact(vocab);
+        Ok(chunks
+            .iter()
+            .map(|c| {
+                let n = if c.all_logits { c.tokens.len() } else { 1 };
+                rows.by_ref().take(n).flatten().copied().collect()
+            })
+            .collect())
     }
 }
 
