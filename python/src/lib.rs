@@ -331,10 +331,10 @@ impl PyTokenizer {
 // ---------------------------------------------------------------------------------------
 
 /// A loaded model: the engine behind `llama.Llama`. Calls from several Python threads
-/// are served one at a time.
+/// run at once: each submits its requests to the shared continuous-batching engine.
 #[pyclass(module = "llama._llama", frozen)]
 struct Engine {
-    llama: Arc<Mutex<Llama>>,
+    llama: Arc<Llama>,
     tokenizer: Arc<llama2::Tokenizer>,
     max_seq_len: usize,
     max_batch_size: usize,
@@ -345,14 +345,13 @@ struct Engine {
 /// Runs `f` on the engine on a worker thread and waits for it (Ctrl-C aware).
 fn on_engine<T: Send + 'static>(
     py: Python<'_>,
-    llama: &Arc<Mutex<Llama>>,
-    f: impl FnOnce(&mut Llama, &Ctl) -> llama2::Result<T> + Send + 'static,
+    llama: &Arc<Llama>,
+    f: impl FnOnce(&Llama, &Ctl) -> llama2::Result<T> + Send + 'static,
 ) -> PyResult<T> {
     let llama = Arc::clone(llama);
     Job::spawn(move |ctl| {
-        let mut guard = lock(&llama);
         ctl.cancelled()?;
-        f(&mut guard, ctl)
+        f(&llama, ctl)
     })?
     .wait(py)
 }
@@ -548,7 +547,7 @@ impl Engine {
             max_seq_len: llama.max_seq_len(),
             max_batch_size: llama.max_batch_size(),
             threads: llama.threads(),
-            llama: Arc::new(Mutex::new(llama)),
+            llama: Arc::new(llama),
             model_path,
         })
     }
@@ -588,7 +587,7 @@ impl Engine {
     /// Timing of the last call: prompt/generated token counts, seconds, tokens/s.
     fn last_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let llama = Arc::clone(&self.llama);
-        let s = py.detach(move || lock(&llama).last_stats());
+        let s = py.detach(move || llama.last_stats());
         let d = PyDict::new(py);
         d.set_item("prompt_tokens", s.prompt_tokens)?;
         d.set_item("generated_tokens", s.generated_tokens)?;
@@ -691,9 +690,8 @@ impl Engine {
         let opts = options(py, temperature, top_p, max_gen_len, false, false)?;
         let llama = Arc::clone(&self.llama);
         let job = Job::spawn(move |ctl| {
-            let mut guard = lock(&llama);
             ctl.cancelled()?;
-            guard
+            llama
                 .text_completion_stream(&prompt, &opts, &mut |d| ctl.text(d))
                 .map(|_| ())
         })?;
@@ -714,9 +712,8 @@ impl Engine {
         let dialog = extract_dialog(dialog)?;
         let llama = Arc::clone(&self.llama);
         let job = Job::spawn(move |ctl| {
-            let mut guard = lock(&llama);
             ctl.cancelled()?;
-            guard
+            llama
                 .chat_completion_stream(&dialog, &opts, &mut |d| ctl.text(d))
                 .map(|_| ())
         })?;

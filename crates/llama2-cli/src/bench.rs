@@ -3,9 +3,12 @@
 
 use std::path::PathBuf;
 
+use std::time::{Duration, Instant};
+
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use llama2::Llama;
+use llama2::model::{KvPool, SeqChunk, Workspace};
+use llama2::{sampling, Llama};
 use serde_json::json;
 
 /// Arguments of `llama2 bench`.
@@ -45,13 +48,67 @@ pub struct BenchArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
-enum Format {
+pub enum Format {
     Md,
     Json,
 }
 
+/// Fixed pseudo-random token ids (the same every run).
+pub fn bench_tokens(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
+    (0..n as u64)
+        .map(|i| ((i * 2654435761 + 12345 + salt * 40503) % vocab as u64) as u32)
+        .collect()
+}
+
+/// Times one prefill of `n` tokens from an empty cache (logits of the last position
+/// only), as `llama-bench`'s `pp` test does.
+fn time_prefill(llama: &Llama, n: usize) -> Result<Duration> {
+    let tokens = bench_tokens(n, llama.model().vocab_size(), 0);
+    let kv_type = llama.engine().config().kv_type;
+    Ok(llama.engine().exclusive(move |model, pool| {
+        let mut kv = KvPool::new(model.args(), 1, n, kv_type)?;
+        let rope = model.rope_table(n);
+        let chunk = SeqChunk {
+            slot: 0,
+            start_pos: 0,
+            tokens: &tokens,
+            all_logits: false,
+        };
+        let (mut ws, mut logits) = (Workspace::new(), Vec::new());
+        let start = Instant::now();
+        model.forward(pool, &mut kv, &rope, &[chunk], &mut ws, &mut logits)?;
+        Ok::<_, llama2::Error>(start.elapsed())
+    })??)
+}
+
+/// Times `n` single-token decode steps (greedy, never stopping at EOS) after a
+/// one-token prompt, as `llama-bench`'s `tg` test does.
+fn time_decode(llama: &Llama, n: usize) -> Result<Duration> {
+    let kv_type = llama.engine().config().kv_type;
+    let first = llama.tokenizer().bos_id();
+    Ok(llama.engine().exclusive(move |model, pool| {
+        let mut kv = KvPool::new(model.args(), 1, n + 1, kv_type)?;
+        let rope = model.rope_table(n + 1);
+        let (mut ws, mut logits) = (Workspace::new(), Vec::new());
+        let mut tok = first;
+        let start = Instant::now();
+        for pos in 0..n {
+            let t = [tok];
+            let chunk = SeqChunk {
+                slot: 0,
+                start_pos: pos,
+                tokens: &t,
+                all_logits: false,
+            };
+            model.forward(pool, &mut kv, &rope, &[chunk], &mut ws, &mut logits)?;
+            tok = sampling::argmax(&logits);
+        }
+        Ok::<_, llama2::Error>(start.elapsed())
+    })??)
+}
+
 /// The median of `v` (which keeps its order).
-fn median(v: &[f64]) -> f64 {
+pub fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -116,8 +173,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .chain(a.generate.iter().filter(|&&n| n > 0).map(|&n| ("tg", n)));
         for (kind, n) in tests {
             let run = || match kind {
-                "pp" => llama.bench_prefill(n),
-                _ => llama.bench_decode(n),
+                "pp" => time_prefill(&llama, n),
+                _ => time_decode(&llama, n),
             };
             run()?; // warm-up: page in the weights, size the allocations
             let mut speeds = Vec::with_capacity(a.repetitions);

@@ -1,4 +1,5 @@
-//! `llama2`: the command line. Subcommands: `complete`, `chat`, `tokenize`, `inspect`.
+//! `llama2`: the command line. Subcommands: `complete`, `chat`, `tokenize`, `inspect`,
+//! `convert`, `bench`, `batched-bench`.
 //!
 //! Exit codes: 0 success, 2 bad input or usage (including clap's own errors),
 //! 3 a model or tokenizer file that cannot be loaded, 1 anything else.
@@ -13,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use llama2::{Dialog, GenerationOptions, Llama, Message, Role, TemplateChoice, Tokenizer};
 
+mod batched_bench;
 mod bench;
 mod inspect;
 
@@ -37,6 +39,9 @@ enum Command {
     Convert(ConvertArgs),
     /// Measure prompt-processing and generation speed (like llama-bench).
     Bench(bench::BenchArgs),
+    /// Measure batched decoding: B sequences of PP prompt tokens then TG generated
+    /// tokens each (like llama-batched-bench).
+    BatchedBench(batched_bench::BatchedBenchArgs),
 }
 
 #[derive(Args)]
@@ -101,6 +106,38 @@ struct ModelArgs {
     /// Worker threads (default: the physical cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// KV cache type (default: f16 for quantized models, f32 otherwise).
+    #[arg(long, value_enum)]
+    kv_type: Option<KvTypeArg>,
+}
+
+/// `--kv-type` values.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum KvTypeArg {
+    F16,
+    F32,
+}
+
+impl From<KvTypeArg> for llama2::KvType {
+    fn from(a: KvTypeArg) -> Self {
+        match a {
+            KvTypeArg::F16 => llama2::KvType::F16,
+            KvTypeArg::F32 => llama2::KvType::F32,
+        }
+    }
+}
+
+/// One line on the KV cache an engine reserves.
+pub fn kv_summary(llama: &Llama) -> String {
+    let c = llama.engine().config();
+    format!(
+        "KV cache {}: {} slot{} x {} positions, {:.1} MiB reserved",
+        c.kv_type.name(),
+        c.slots,
+        if c.slots == 1 { "" } else { "s" },
+        c.ctx,
+        llama.engine().kv_reserved_bytes() as f64 / (1 << 20) as f64
+    )
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -194,7 +231,12 @@ struct TokenizeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // llama-batched-bench spells its flags with one dash (`-npp 128`): accept that too.
+    let args = std::env::args_os().map(|a| match a.to_str() {
+        Some(f @ ("-npp" | "-ntg" | "-npl")) => format!("-{f}").into(),
+        _ => a,
+    });
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Complete(a) => complete(a),
         Command::Chat(a) => chat(a),
@@ -202,6 +244,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert(a),
         Command::Bench(a) => bench::run(a),
+        Command::BatchedBench(a) => batched_bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -250,6 +293,7 @@ impl SamplingArgs {
                 s.decode_tokens_per_s(),
                 llama.threads()
             );
+            eprintln!("{}", kv_summary(llama));
         }
     }
 }
@@ -279,13 +323,17 @@ fn load(m: &ModelArgs, batch: usize) -> Result<Llama> {
     if let Some(t) = m.threads {
         b = b.threads(t);
     }
+    if let Some(t) = m.kv_type {
+        b = b.kv_type(t.into());
+    }
     let llama = b.build();
     if let Some(s) = spinner {
         match &llama {
-            Ok(_) => s.finish_with_message(format!(
-                "loaded {} in {:.2}s",
+            Ok(l) => s.finish_with_message(format!(
+                "loaded {} in {:.2}s; {}",
                 path.display(),
-                start.elapsed().as_secs_f64()
+                start.elapsed().as_secs_f64(),
+                kv_summary(l)
             )),
             Err(_) => s.finish_and_clear(),
         }
@@ -294,7 +342,7 @@ fn load(m: &ModelArgs, batch: usize) -> Result<Llama> {
 }
 
 fn complete(a: CompleteArgs) -> Result<()> {
-    let mut llama = load(&a.model, a.prompts.len())?;
+    let llama = load(&a.model, a.prompts.len())?;
     let opts = GenerationOptions {
         echo: a.echo,
         ..a.sampling.options(&llama)
@@ -335,7 +383,7 @@ fn chat(a: ChatArgs) -> Result<()> {
     } else {
         return interactive(a);
     };
-    let mut llama = load(&a.model, dialogs.len())?;
+    let llama = load(&a.model, dialogs.len())?;
     let opts = a.sampling.options(&llama);
     let results = llama.chat_completion(&dialogs, &opts)?;
     a.sampling.report(&llama);
@@ -357,7 +405,7 @@ fn interactive(a: ChatArgs) -> Result<()> {
     if a.sampling.json {
         bail!("--json needs --dialogs or a MESSAGE");
     }
-    let mut llama = load(&a.model, 1)?;
+    let llama = load(&a.model, 1)?;
     let opts = a.sampling.options(&llama);
     let mut dialog: Dialog = Vec::new();
     if let Some(s) = &a.system {
@@ -381,12 +429,15 @@ fn interactive(a: ChatArgs) -> Result<()> {
         if tty {
             print!("assistant> ");
         }
+        // Each turn's prompt starts with the last one's tokens, still in the engine's KV
+        // slot: only the new message is prefilled.
         let answer = llama.chat_completion_stream(&dialog, &opts, &mut |delta| {
             print!("{delta}");
             let _ = std::io::stdout().flush();
             ControlFlow::Continue(())
         });
         println!();
+        a.sampling.report(&llama);
         match answer {
             Ok(a) => dialog.push(a.generation),
             Err(e) => {

@@ -1,18 +1,19 @@
 //! `llama2`: Llama 2 family inference on the CPU with the behaviour of Meta's reference
 //! implementation (`Llama.build`, `text_completion`, `chat_completion`).
 //!
-//! Data flows one way: text → [`chat`] template → [`tokenizer`] → [`generation`]
-//! (batch slots, KV cache) → [`model`] forward ([`kernels`]) → [`sampling`] →
-//! streaming detokenizer → caller.
+//! Data flows one way: text → [`chat`] template → [`tokenizer`] → [`engine`]
+//! (scheduler, sequences, KV slots) → [`model`] forward ([`kernels`]) → [`sampling`] →
+//! streaming detokenizer → caller. [`llama`] is Meta's API on top of the engine.
 
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod convert;
 pub mod default_model;
+pub mod engine;
 pub mod error;
-pub mod generation;
 pub mod kernels;
+pub mod llama;
 pub mod loader;
 pub mod model;
 pub mod sampling;
@@ -21,11 +22,13 @@ pub mod tokenizer;
 
 pub use chat::{ChatTemplate, Dialog, DialogError, Message, Role};
 pub use config::ModelArgs;
+pub use engine::{Engine, EngineConfig, FinishReason, Request, RequestHandle, SeqOptions};
 pub use error::{Error, Result};
-pub use generation::{
+pub use kernels::Precision;
+pub use llama::{
     ChatPrediction, CompletionPrediction, GenerationOptions, GenerationOutput, GenerationStats,
     Llama, LlamaBuilder, TemplateChoice,
 };
-pub use kernels::Precision;
 pub use loader::{load_model, LoadedModel, ModelFormat};
+pub use model::KvType;
 pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -47,6 +47,15 @@ impl Sampler {
         }
     }
 
+    /// A sampler on stream `stream` of `seed`'s random sequence: streams are independent,
+    /// and stream 0 is [`Sampler::new`]'s. Each row of a batch draws from its own stream,
+    /// so its tokens do not depend on its neighbours.
+    pub fn with_stream(seed: u64, stream: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(stream);
+        Sampler { rng }
+    }
+
     /// Uniform draw in [0, 1).
     fn uniform(&mut self) -> f64 {
         (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
@@ -115,6 +124,36 @@ pub fn logprob(logits: &[f32], token: u32) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
     (logits[token as usize] as f64 - max - sum.ln()) as f32
+}
+
+/// The `k` most likely tokens with their log-probabilities at temperature 1, most
+/// likely first (ties by id), as OpenAI's `top_logprobs` reports them.
+pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    if k == 0 || logits.is_empty() {
+        return Vec::new();
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_z = max
+        + logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    let by_logit = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    let k = k.min(ids.len());
+    if k < ids.len() {
+        ids.select_nth_unstable_by(k - 1, by_logit);
+        ids.truncate(k);
+    }
+    ids.sort_by(by_logit);
+    ids.into_iter()
+        .map(|id| (id, (logits[id as usize] as f64 - log_z) as f32))
+        .collect()
 }
 
 #[cfg(test)]
@@ -201,6 +240,28 @@ mod tests {
         let expected = 0.16 / sq;
         let sd = (expected * (1.0 - expected) / draws as f64).sqrt();
         assert!(((top as f64 / draws as f64) - expected).abs() < 5.0 * sd);
+    }
+
+    #[test]
+    fn top_logprobs_are_the_k_largest_in_order() {
+        let l = [0.5f32, 3.0, -1.0, 3.0, 2.0];
+        let top = top_logprobs(&l, 3);
+        let ids: Vec<u32> = top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, vec![1, 3, 4]);
+        for (id, lp) in &top {
+            assert!((lp - logprob(&l, *id)).abs() < 1e-6);
+        }
+        assert_eq!(top_logprobs(&l, 9).len(), 5);
+        assert!(top_logprobs(&l, 0).is_empty());
+    }
+
+    #[test]
+    fn streams_are_independent_and_stream_zero_is_the_seed() {
+        let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let p = SamplingParams::new(1.0, 1.0).unwrap();
+        let draw = |mut s: Sampler| (0..40).map(|_| s.sample(&logits, p)).collect::<Vec<_>>();
+        assert_eq!(draw(Sampler::with_stream(5, 0)), draw(Sampler::new(5)));
+        assert_ne!(draw(Sampler::with_stream(5, 1)), draw(Sampler::new(5)));
     }
 
     #[test]

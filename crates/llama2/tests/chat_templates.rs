@@ -94,7 +94,7 @@ fn template_errors_are_typed() {
 
 #[test]
 fn chatml_on_a_llama2_checkpoint_refuses_markers_without_running() {
-    let mut llama = Llama::builder(model_dir("tiny-mha").join("meta"), tokenizer_path())
+    let llama = Llama::builder(model_dir("tiny-mha").join("meta"), tokenizer_path())
         .max_seq_len(128)
         .max_batch_size(2)
         .template(TemplateChoice::ChatMl)

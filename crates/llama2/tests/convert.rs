@@ -43,7 +43,7 @@ fn converted_files_match_llama_cpp_greedy_tokens() {
             c["sha256"].as_str().unwrap(),
             "{t}: not the file llama.cpp was run on"
         );
-        let mut llama = Llama::open(&out).max_seq_len(64).build().unwrap();
+        let llama = Llama::open(&out).max_seq_len(64).build().unwrap();
         let prompt = llama
             .tokenizer()
             .encode(c["prompt"].as_str().unwrap(), true, false);

@@ -22,7 +22,7 @@ fn greedy() -> GenerationOptions {
 fn f32_gguf_matches_the_meta_checkpoint_and_the_goldens() {
     let model = "tiny-gqa";
     let g = golden(model);
-    let mut llama = Llama::open(gguf(model, "f32"))
+    let llama = Llama::open(gguf(model, "f32"))
         .max_seq_len(128)
         .build()
         .unwrap();
@@ -53,7 +53,7 @@ fn q8_0_gguf_matches_its_goldens_with_exact_arithmetic() {
     for model in ["tiny-mha", "tiny-gqa"] {
         let text = std::fs::read_to_string(model_dir(model).join("gguf/q8_0_golden.json")).unwrap();
         let g: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let mut llama = Llama::open(gguf(model, "q8_0"))
+        let llama = Llama::open(gguf(model, "q8_0"))
             .max_seq_len(128)
             .precision(Precision::Exact)
             .build()

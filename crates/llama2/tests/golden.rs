@@ -74,7 +74,7 @@ fn greedy_text_completion_matches_reference_alone_and_batched() {
         let g = golden(model);
         let text = cases(&g, "text_completion");
         let prompts: Vec<&str> = text.iter().map(|c| c["prompt"].as_str().unwrap()).collect();
-        let mut llama = build(model, "meta", prompts.len());
+        let llama = build(model, "meta", prompts.len());
         // All prompts (mixed lengths) in one batch, with logprobs.
         let batch = llama
             .text_completion(&prompts, &greedy(true, false))
@@ -113,7 +113,7 @@ fn echo_returns_prompt_text_and_prompt_logprobs() {
         let g = golden(model);
         let text = cases(&g, "text_completion");
         let prompts: Vec<&str> = text.iter().map(|c| c["prompt"].as_str().unwrap()).collect();
-        let mut llama = build(model, "meta", prompts.len());
+        let llama = build(model, "meta", prompts.len());
         let out = llama
             .text_completion(&prompts, &greedy(true, true))
             .unwrap();
@@ -138,7 +138,7 @@ fn chat_completion_matches_reference() {
         let g = golden(model);
         let chats = cases(&g, "chat_completion");
         let dialogs: Vec<Dialog> = chats.iter().map(|c| dialog(c)).collect();
-        let mut llama = build(model, "meta", dialogs.len());
+        let llama = build(model, "meta", dialogs.len());
         for (c, d) in chats.iter().zip(&dialogs) {
             let prompt = llama2::chat::encode_dialog(llama.tokenizer(), d).unwrap();
             assert_eq!(prompt, ids(&c["prompt_ids"]), "{model} {}", c["name"]);
@@ -168,7 +168,7 @@ fn two_shard_checkpoint_equals_one_shard() {
             let prompt = ids(&c["prompt_ids"]);
             assert_eq!(one.logits(&prompt).unwrap(), two.logits(&prompt).unwrap());
         }
-        let mut two = two;
+        let two = two;
         let c = &g["cases"][1];
         let out = two
             .generate(&[ids(&c["prompt_ids"])], &greedy(false, false))
@@ -188,7 +188,7 @@ fn special_tag_dialog_is_refused_without_disturbing_the_batch() {
     )
     .unwrap();
     dialogs.insert(1, bad);
-    let mut llama = build(model, "meta", dialogs.len());
+    let llama = build(model, "meta", dialogs.len());
     let out = llama
         .chat_completion(&dialogs, &greedy(false, false))
         .unwrap();
@@ -211,7 +211,7 @@ fn special_tag_dialog_is_refused_without_disturbing_the_batch() {
 fn streaming_deltas_concatenate_to_the_answer() {
     let model = "tiny-mha";
     let g = golden(model);
-    let mut llama = build(model, "meta", 1);
+    let llama = build(model, "meta", 1);
     let c = &cases(&g, "chat_completion")[1];
     let mut deltas = Vec::new();
     let r = llama
@@ -237,7 +237,7 @@ fn streaming_deltas_concatenate_to_the_answer() {
 
 #[test]
 fn sampling_is_reproducible_with_a_seed() {
-    let mut llama = build("tiny-mha", "meta", 2);
+    let llama = build("tiny-mha", "meta", 2);
     let opts = GenerationOptions {
         temperature: 0.8,
         top_p: 0.95,
@@ -262,7 +262,7 @@ fn sampling_is_reproducible_with_a_seed() {
 
 #[test]
 fn generation_limits_follow_the_reference() {
-    let mut llama = Llama::builder(model_dir("tiny-mha").join("meta"), tokenizer_path())
+    let llama = Llama::builder(model_dir("tiny-mha").join("meta"), tokenizer_path())
         .max_seq_len(12)
         .max_batch_size(2)
         .build()
@@ -304,7 +304,7 @@ fn generation_limits_follow_the_reference() {
 #[test]
 fn bad_requests_are_typed_errors() {
     use llama2::Error;
-    let mut llama = build("tiny-mha", "meta", 2);
+    let llama = build("tiny-mha", "meta", 2);
     let three = ["a", "b", "c"];
     assert!(matches!(
         llama.text_completion(&three, &GenerationOptions::default()),

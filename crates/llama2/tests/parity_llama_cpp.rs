@@ -56,7 +56,7 @@ fn prompts_render_and_tokenize_as_llama_cpp() {
 #[test]
 fn greedy_tokens_match_llama_cpp_up_to_its_first_near_tie() {
     let r = reference();
-    let mut llama = default_llama();
+    let llama = default_llama();
     let eos = llama.tokenizer().eos_id();
     for c in r["cases"].as_array().unwrap() {
         let steps = c["steps"].as_array().unwrap();
@@ -139,7 +139,7 @@ fn teacher_forced_argmax_matches_llama_cpp_where_the_margin_is_clear() {
 fn chat_answers_stop_at_the_end_of_turn_token() {
     // llama.cpp (scripts/llama_cpp_greedy.cpp, -n 24, on the rendered prompt) answers
     // this with 11 tokens, every top-2 gap >= 0.58, then <|im_end|> (id 2).
-    let mut llama = default_llama();
+    let llama = default_llama();
     let dialog: Dialog = vec![llama2::Message::new(llama2::Role::User, "What is 2+2?")];
     let opts = GenerationOptions {
         temperature: 0.0,

@@ -33,6 +33,20 @@ pub fn to_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// f32 values rounded to IEEE half (nearest even), as bit patterns.
+pub fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    dst.reinterpret_cast_mut::<half::f16>()
+        .convert_from_f32_slice(src);
+}
+
+/// IEEE half bit patterns widened to f32 (exact).
+pub fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    src.reinterpret_cast::<half::f16>()
+        .convert_to_f32_slice(dst);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,18 +75,4 @@ mod tests {
         assert_eq!(out.to_vec(), expect);
         assert_eq!(out[1], -1.5);
     }
-}
-
-/// f32 values rounded to IEEE half (nearest even), as bit patterns.
-pub fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
-    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-    dst.reinterpret_cast_mut::<half::f16>()
-        .convert_from_f32_slice(src);
-}
-
-/// IEEE half bit patterns widened to f32 (exact).
-pub fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
-    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-    src.reinterpret_cast::<half::f16>()
-        .convert_to_f32_slice(dst);
 }

@@ -171,6 +171,18 @@ impl Transformer {
         self.vocab_size
     }
 
+    /// Whether any weight matrix is stored in a quantized block format.
+    pub fn is_quantized(&self) -> bool {
+        let q = |m: &Matrix| m.tensor.dtype.is_quantized();
+        q(&self.tok_embeddings)
+            || q(&self.output)
+            || self.blocks.iter().any(|b| {
+                [&b.wq, &b.wk, &b.wv, &b.wo, &b.w1, &b.w2, &b.w3]
+                    .into_iter()
+                    .any(q)
+            })
+    }
+
     /// Bytes of weights (as stored).
     pub fn weight_bytes(&self) -> usize {
         let m = |m: &Matrix| m.tensor.bytes().len();
@@ -222,10 +234,7 @@ impl Transformer {
                     kv.slots()
                 )));
             }
-            let end = c
-                .start_pos
-                .checked_add(c.tokens.len())
-                .unwrap_or(usize::MAX);
+            let end = c.start_pos.saturating_add(c.tokens.len());
             if end > kv.ctx() || end > rope.max_pos() {
                 return Err(Error::InvalidArgument(format!(
                     "positions up to {end} exceed the cache length {}",

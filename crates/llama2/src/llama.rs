@@ -1,26 +1,31 @@
-//! The generate loop and the reference's public API: [`Llama::build`],
+//! Meta's reference API on the engine: [`Llama::build`], [`Llama::generate`],
 //! [`Llama::text_completion`], [`Llama::chat_completion`], plus streaming variants.
 //!
-//! Semantics follow REFERENCE §4–6. Each prompt is prefilled in one pass, then all
-//! unfinished rows advance one token per model call. Because every kernel computes
+//! Semantics follow REFERENCE §4–6. Each call submits one engine request per prompt
+//! (row `i` samples from stream `i` of the call's seed) and waits for them; the engine
+//! may run other callers' requests in the same steps. Because every kernel computes
 //! each output element the same way whatever the batch, a row's logits do not depend
-//! on the other rows; the reference's lockstep teacher forcing therefore yields
-//! exactly these results, without re-running prompt tokens one at a time.
+//! on the other rows or on how its prompt was split into steps; the reference's
+//! lockstep teacher forcing therefore yields exactly these results. Methods take
+//! `&self`: any number of threads may call one `Llama` at once.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::chat::ChatTemplate;
 use crate::chat::{self, Dialog, Message, Role};
+use crate::engine::{Engine, EngineConfig, EventKind, Request, SeqOptions, TokenOut};
 use crate::error::{Error, Result};
-use crate::kernels::{Precision, WorkerPool};
+use crate::kernels::Precision;
 use crate::loader::{load_model, LoadedModel};
-use crate::model::{KvPool, KvType, SeqChunk, Transformer};
-use crate::sampling::{self, Sampler, SamplingParams};
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::model::{KvPool, KvType, SeqChunk, Transformer, Workspace};
+use crate::sampling::SamplingParams;
+use crate::tokenizer::Tokenizer;
 
 /// Per-call generation settings. `Default` gives the reference's defaults.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,7 +40,8 @@ pub struct GenerationOptions {
     pub logprobs: bool,
     /// Return the prompt tokens before the generated ones.
     pub echo: bool,
-    /// Reseed the sampler before this call (reproducible sampling).
+    /// Seed of this call's sampling (row `i` draws from stream `i` of it); `None` takes
+    /// the next seed of the `Llama`'s own sequence, which starts at the builder's seed.
     pub seed: Option<u64>,
 }
 
@@ -137,7 +143,12 @@ pub struct LlamaBuilder {
     seed: u64,
     template: TemplateChoice,
     precision: Precision,
+    kv_type: Option<KvType>,
+    step_tokens: usize,
 }
+
+/// Default token budget of one engine step.
+pub const DEFAULT_STEP_TOKENS: usize = 512;
 
 impl LlamaBuilder {
     /// Arithmetic for quantized weights (default [`Precision::Fast`], llama.cpp's;
@@ -154,13 +165,13 @@ impl LlamaBuilder {
         self
     }
 
-    /// Most prompts per call.
+    /// Most prompts per call, and sequences the engine decodes together (KV slots).
     pub fn max_batch_size(mut self, n: usize) -> Self {
         self.max_batch_size = n;
         self
     }
 
-    /// Worker threads (default: all available cores).
+    /// Worker threads (default: the physical cores).
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = Some(n);
         self
@@ -184,6 +195,21 @@ impl LlamaBuilder {
         self
     }
 
+    /// KV cache element type (default: f16 for quantized weights with
+    /// [`Precision::Fast`], as llama.cpp keeps it; f32 otherwise, the arithmetic of the
+    /// float32 reference).
+    pub fn kv_type(mut self, t: KvType) -> Self {
+        self.kv_type = Some(t);
+        self
+    }
+
+    /// Most tokens per engine step (default [`DEFAULT_STEP_TOKENS`]): longer prompts are
+    /// prefilled in pieces of this size between other sequences' decode steps.
+    pub fn step_tokens(mut self, n: usize) -> Self {
+        self.step_tokens = n;
+        self
+    }
+
     /// Loads the model and tokenizer and checks they belong together.
     pub fn build(self) -> Result<Llama> {
         let loaded = load_model(&self.model_path, self.tokenizer_path.as_deref())?;
@@ -191,32 +217,41 @@ impl LlamaBuilder {
     }
 }
 
-/// A loaded model with its tokenizer, limits, thread pool and sampler: the
-/// reference's `Llama` generator object.
+/// A loaded model with its tokenizer, limits and engine: the reference's `Llama`
+/// generator object.
 pub struct Llama {
-    model: Transformer,
-    tokenizer: Arc<Tokenizer>,
+    engine: Engine,
     max_seq_len: usize,
     max_batch_size: usize,
-    pool: WorkerPool,
-    sampler: Sampler,
-    rope: crate::kernels::RopeTable,
-    stats: GenerationStats,
     template: ChatTemplate,
     /// Tokens that end a generation: the tokenizer's EOS plus the model's extra ones.
     eos_ids: Vec<u32>,
     defaults: GenerationOptions,
+    /// Seed of the next call without one (a Weyl sequence from the builder's seed).
+    next_seed: AtomicU64,
+    stats: Mutex<GenerationStats>,
 }
 
 impl std::fmt::Debug for Llama {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Llama")
-            .field("args", self.model.args())
+            .field("args", self.model().args())
             .field("max_seq_len", &self.max_seq_len)
             .field("max_batch_size", &self.max_batch_size)
-            .field("threads", &self.pool.threads())
+            .field("threads", &self.threads())
             .finish()
     }
+}
+
+/// What one row of a call produced.
+#[derive(Default)]
+struct Row {
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+    prompt_logprobs: Vec<f32>,
+    /// Text held back until the end (streaming).
+    tail: String,
+    done: bool,
 }
 
 impl Llama {
@@ -252,6 +287,8 @@ impl Llama {
             seed: 1,
             template: TemplateChoice::Auto,
             precision: Precision::default(),
+            kv_type: None,
+            step_tokens: DEFAULT_STEP_TOKENS,
         }
     }
 
@@ -294,26 +331,39 @@ impl Llama {
         let max_seq_len = b
             .max_seq_len
             .unwrap_or_else(|| context_length.map_or(512, |c| c.min(4096)));
-        let mut llama = Llama::new(
-            model,
-            tokenizer,
-            max_seq_len,
-            b.max_batch_size,
-            b.threads,
-            b.seed,
-        )?;
-        llama.template = template;
+        let kv_type =
+            b.kv_type
+                .unwrap_or(if model.is_quantized() && b.precision == Precision::Fast {
+                    KvType::F16
+                } else {
+                    KvType::F32
+                });
+        let mut eos_ids = vec![tokenizer.eos_id()];
         for id in generation.eos_token_ids {
-            if (id as usize) < llama.tokenizer.n_words() && !llama.eos_ids.contains(&id) {
-                llama.eos_ids.push(id);
+            if (id as usize) < tokenizer.n_words() && !eos_ids.contains(&id) {
+                eos_ids.push(id);
             }
         }
+        let mut llama = Llama::start(
+            model,
+            tokenizer,
+            EngineSetup {
+                max_seq_len,
+                max_batch_size: b.max_batch_size,
+                threads: b.threads,
+                seed: b.seed,
+                kv_type,
+                step_tokens: b.step_tokens,
+                eos_ids,
+            },
+        )?;
+        llama.template = template;
         llama.defaults.temperature = generation.temperature.unwrap_or(llama.defaults.temperature);
         llama.defaults.top_p = generation.top_p.unwrap_or(llama.defaults.top_p);
         Ok(llama)
     }
 
-    /// Wraps an already loaded model and tokenizer.
+    /// Wraps an already loaded model and tokenizer (f32 KV cache).
     pub fn new(
         model: Transformer,
         tokenizer: Tokenizer,
@@ -322,43 +372,70 @@ impl Llama {
         threads: Option<usize>,
         seed: u64,
     ) -> Result<Llama> {
-        if max_seq_len == 0 || max_batch_size == 0 {
+        let eos_ids = vec![tokenizer.eos_id()];
+        Llama::start(
+            model,
+            tokenizer,
+            EngineSetup {
+                max_seq_len,
+                max_batch_size,
+                threads,
+                seed,
+                kv_type: KvType::F32,
+                step_tokens: DEFAULT_STEP_TOKENS,
+                eos_ids,
+            },
+        )
+    }
+
+    fn start(model: Transformer, tokenizer: Tokenizer, s: EngineSetup) -> Result<Llama> {
+        if s.max_seq_len == 0 || s.max_batch_size == 0 {
             return Err(Error::InvalidArgument(
                 "max_seq_len and max_batch_size must be at least 1".into(),
             ));
         }
-        let threads = match threads {
+        let threads = match s.threads {
             Some(0) => return Err(Error::InvalidArgument("threads must be at least 1".into())),
             Some(n) => n,
             None => crate::kernels::default_threads(),
         };
-        let pool = WorkerPool::new(threads)
-            .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} threads: {e}")))?;
-        let rope = model.rope_table(max_seq_len);
-        let eos_ids = vec![tokenizer.eos_id()];
+        let engine = Engine::start(
+            Arc::new(model),
+            Arc::new(tokenizer),
+            EngineConfig {
+                slots: s.max_batch_size,
+                ctx: s.max_seq_len,
+                kv_type: s.kv_type,
+                step_tokens: s.step_tokens,
+                threads,
+                eos_ids: s.eos_ids.clone(),
+            },
+        )?;
         Ok(Llama {
-            model,
-            tokenizer: Arc::new(tokenizer),
-            max_seq_len,
-            max_batch_size,
-            pool,
-            sampler: Sampler::new(seed),
-            rope,
-            stats: GenerationStats::default(),
+            engine,
+            max_seq_len: s.max_seq_len,
+            max_batch_size: s.max_batch_size,
             template: ChatTemplate::Llama2,
-            eos_ids,
+            eos_ids: s.eos_ids,
             defaults: GenerationOptions::default(),
+            next_seed: AtomicU64::new(s.seed),
+            stats: Mutex::new(GenerationStats::default()),
         })
     }
 
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+        self.engine.tokenizer()
     }
 
     /// The model.
     pub fn model(&self) -> &Transformer {
-        &self.model
+        self.engine.model()
+    }
+
+    /// The engine behind this `Llama`: submit requests with options of their own.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// Context length per sequence.
@@ -387,68 +464,30 @@ impl Llama {
         self.defaults.clone()
     }
 
-    /// Timing of the last generation call.
+    /// Timing of the last generation call (of any thread).
     pub fn last_stats(&self) -> GenerationStats {
-        self.stats
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Worker threads.
     pub fn threads(&self) -> usize {
-        self.pool.threads()
+        self.engine.config().threads
     }
 
-    /// Times one prefill of `n` tokens from an empty cache (logits of the last position
-    /// only), as `llama-bench`'s `pp` test does. Token ids are a fixed pseudo-random
-    /// sequence.
-    pub fn bench_prefill(&self, n: usize) -> Result<std::time::Duration> {
-        if n == 0 || n > self.max_seq_len {
-            return Err(Error::InvalidArgument(format!(
-                "prefill length {n} must be in 1..={}",
-                self.max_seq_len
-            )));
-        }
-        let vocab = self.model.vocab_size() as u64;
-        let tokens: Vec<u32> = (0..n as u64)
-            .map(|i| ((i * 2654435761 + 12345) % vocab) as u32)
-            .collect();
-        let mut cache = KvPool::new(self.model.args(), 1, n, KvType::F32)?;
-        let chunk = SeqChunk {
-            slot: 0,
-            start_pos: 0,
-            tokens: &tokens,
-            all_logits: false,
-        };
-        let (model, rope) = (&self.model, &self.rope);
-        let start = std::time::Instant::now();
-        model.forward_once(&self.pool, &mut cache, rope, &[chunk])?;
-        Ok(start.elapsed())
+    /// Tokens that end a generation (EOS and the model's extra end tokens).
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
     }
 
-    /// Times `n` single-token decode steps (greedy, never stopping at EOS) after a
-    /// one-token prompt, as `llama-bench`'s `tg` test does.
-    pub fn bench_decode(&self, n: usize) -> Result<std::time::Duration> {
-        if n == 0 || n >= self.max_seq_len {
-            return Err(Error::InvalidArgument(format!(
-                "generation length {n} must be in 1..{}",
-                self.max_seq_len
-            )));
+    /// Token ids that end an assistant turn: EOS ids plus the template's end-of-turn.
+    pub fn chat_stop_ids(&self) -> Vec<u32> {
+        let mut stops = self.eos_ids.clone();
+        for id in self.template.stop_ids(self.tokenizer()) {
+            if !stops.contains(&id) {
+                stops.push(id);
+            }
         }
-        let mut cache = KvPool::new(self.model.args(), 1, n + 1, KvType::F32)?;
-        let (model, rope) = (&self.model, &self.rope);
-        let mut tok = self.tokenizer.bos_id();
-        let start = std::time::Instant::now();
-        for pos in 0..n {
-            let t = [tok];
-            let chunk = SeqChunk {
-                slot: 0,
-                start_pos: pos,
-                tokens: &t,
-                all_logits: false,
-            };
-            let logits = model.forward_once(&self.pool, &mut cache, rope, &[chunk])?;
-            tok = sampling::argmax(&logits[0]);
-        }
-        Ok(start.elapsed())
+        stops
     }
 
     /// Logits after every position of `tokens` (one forward pass from position 0):
@@ -464,21 +503,33 @@ impl Llama {
                 max_seq_len: self.max_seq_len,
             });
         }
-        let mut cache = KvPool::new(self.model.args(), 1, tokens.len(), KvType::F32)?;
-        let chunk = SeqChunk {
-            slot: 0,
-            start_pos: 0,
-            tokens,
-            all_logits: true,
-        };
-        let (model, rope) = (&self.model, &self.rope);
-        let mut out = model.forward_once(&self.pool, &mut cache, rope, &[chunk])?;
-        Ok(out.remove(0))
+        let tokens = tokens.to_vec();
+        let kv_type = self.engine.config().kv_type;
+        self.engine.exclusive(move |model, pool| {
+            let mut kv = KvPool::new(model.args(), 1, tokens.len(), kv_type)?;
+            let rope = model.rope_table(tokens.len());
+            let chunk = SeqChunk {
+                slot: 0,
+                start_pos: 0,
+                tokens: &tokens,
+                all_logits: true,
+            };
+            let mut logits = Vec::new();
+            model.forward(
+                pool,
+                &mut kv,
+                &rope,
+                &[chunk],
+                &mut Workspace::new(),
+                &mut logits,
+            )?;
+            Ok(logits)
+        })?
     }
 
     /// The reference's `generate`: continues each prompt (token ids).
     pub fn generate(
-        &mut self,
+        &self,
         prompt_tokens: &[Vec<u32>],
         opts: &GenerationOptions,
     ) -> Result<Vec<GenerationOutput>> {
@@ -489,24 +540,78 @@ impl Llama {
     /// (EOS excluded) as soon as it is chosen. Returning `Break` stops the whole call;
     /// the outputs then hold what was generated so far.
     pub fn generate_with(
-        &mut self,
+        &self,
         prompt_tokens: &[Vec<u32>],
         opts: &GenerationOptions,
         on_token: &mut dyn FnMut(usize, u32) -> ControlFlow<()>,
     ) -> Result<Vec<GenerationOutput>> {
         let stops = self.eos_ids.clone();
-        self.generate_until(prompt_tokens, opts, &stops, on_token)
+        self.generate_until(prompt_tokens, opts, &stops, &mut |row, t| {
+            on_token(row, t.id)
+        })
     }
 
-    /// The generate loop; a row ends at any token of `stops` (excluded from the output).
+    /// The seed of a call: its own, else the next of the `Llama`'s sequence.
+    fn call_seed(&self, opts: &GenerationOptions) -> u64 {
+        opts.seed.unwrap_or_else(|| {
+            // A Weyl sequence (SplitMix64's state step): the first call gets the
+            // builder's seed itself; the sampler's seeding mixes the rest.
+            self.next_seed
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                    Some(s.wrapping_add(0x9E37_79B9_7F4A_7C15))
+                })
+                .unwrap_or_else(|s| s)
+        })
+    }
+
+    /// The generate loop on the engine; a row ends at any token of `stops` (excluded
+    /// from the output).
     fn generate_until(
-        &mut self,
+        &self,
         prompt_tokens: &[Vec<u32>],
         opts: &GenerationOptions,
         stops: &[u32],
-        on_token: &mut dyn FnMut(usize, u32) -> ControlFlow<()>,
+        on_token: &mut dyn FnMut(usize, &TokenOut) -> ControlFlow<()>,
     ) -> Result<Vec<GenerationOutput>> {
-        let params = SamplingParams::new(opts.temperature, opts.top_p)?;
+        let rows = self.run_rows(prompt_tokens, opts, stops, on_token)?;
+        let mut outputs = Vec::with_capacity(rows.len());
+        for (row, r) in rows.into_iter().enumerate() {
+            let (mut tokens, mut lps) = if opts.echo {
+                let mut t = prompt_tokens[row].clone();
+                t.extend_from_slice(&r.tokens);
+                let mut l = Vec::with_capacity(t.len());
+                if opts.logprobs {
+                    l.push(0.0);
+                    l.extend_from_slice(&r.prompt_logprobs);
+                    l.extend_from_slice(&r.logprobs);
+                }
+                (t, l)
+            } else {
+                (r.tokens, r.logprobs)
+            };
+            // With echo a prompt may itself hold EOS (earlier chat turns): the
+            // reference cuts there too.
+            if let Some(i) = tokens.iter().position(|t| stops.contains(t)) {
+                tokens.truncate(i);
+                lps.truncate(i);
+            }
+            outputs.push(GenerationOutput {
+                tokens,
+                logprobs: opts.logprobs.then_some(lps),
+            });
+        }
+        Ok(outputs)
+    }
+
+    /// Submits one engine request per prompt and collects what each row generates.
+    fn run_rows(
+        &self,
+        prompt_tokens: &[Vec<u32>],
+        opts: &GenerationOptions,
+        stops: &[u32],
+        on_token: &mut dyn FnMut(usize, &TokenOut) -> ControlFlow<()>,
+    ) -> Result<Vec<Row>> {
+        SamplingParams::new(opts.temperature, opts.top_p)?;
         let bsz = prompt_tokens.len();
         if bsz > self.max_batch_size {
             return Err(Error::BatchTooLarge {
@@ -514,7 +619,7 @@ impl Llama {
                 max: self.max_batch_size,
             });
         }
-        let n_words = self.tokenizer.n_words();
+        let n_words = self.tokenizer().n_words();
         for (index, p) in prompt_tokens.iter().enumerate() {
             if p.is_empty() {
                 return Err(Error::InvalidArgument(format!("prompt {index} is empty")));
@@ -533,151 +638,103 @@ impl Llama {
         if bsz == 0 {
             return Ok(Vec::new());
         }
-        if let Some(seed) = opts.seed {
-            self.sampler = Sampler::new(seed);
-        }
+        let seed = self.call_seed(opts);
         let max_gen_len = opts.max_gen_len.unwrap_or(self.max_seq_len - 1);
-        // Tokens each row may generate: the reference's total_len cut, per row.
-        let budget: Vec<usize> = prompt_tokens
+        let extra_stops: Vec<u32> = stops
             .iter()
-            .map(|p| max_gen_len.min(self.max_seq_len - p.len()))
+            .copied()
+            .filter(|t| !self.eos_ids.contains(t))
             .collect();
-        let cache_len = prompt_tokens
-            .iter()
-            .zip(&budget)
-            .map(|(p, b)| p.len() + b)
-            .max()
-            .unwrap_or(1);
-        let mut cache = KvPool::new(self.model.args(), bsz, cache_len, KvType::F32)?;
-        let want_prompt_logprobs = opts.logprobs && opts.echo;
-
-        let chunks: Vec<SeqChunk> = prompt_tokens
-            .iter()
-            .enumerate()
-            .map(|(slot, p)| SeqChunk {
-                slot,
-                start_pos: 0,
-                tokens: p,
-                all_logits: want_prompt_logprobs,
-            })
-            .collect();
-        let (model, rope) = (&self.model, &self.rope);
-        let started = std::time::Instant::now();
-        let prefill = model.forward_once(&self.pool, &mut cache, rope, &chunks)?;
-        self.stats = GenerationStats {
-            prompt_tokens: prompt_tokens.iter().map(Vec::len).sum(),
-            prefill: started.elapsed(),
-            ..Default::default()
+        let (tx, rx) = mpsc::channel();
+        let mut cancels: Vec<Arc<AtomicBool>> = Vec::with_capacity(bsz);
+        let cancel_all = |cancels: &[Arc<AtomicBool>]| {
+            for c in cancels {
+                c.store(true, Ordering::Relaxed);
+            }
         };
-        let started = std::time::Instant::now();
-
-        let vocab = self.model.vocab_size();
-        let mut prompt_lp: Vec<Vec<f32>> = vec![Vec::new(); bsz];
-        let mut last_logits: Vec<Vec<f32>> = Vec::with_capacity(bsz);
-        for (row, logits) in prefill.into_iter().enumerate() {
-            let p = &prompt_tokens[row];
-            if want_prompt_logprobs {
-                prompt_lp[row].push(0.0);
-                for t in 1..p.len() {
-                    let l = &logits[(t - 1) * vocab..t * vocab];
-                    prompt_lp[row].push(sampling::logprob(l, p[t]));
-                }
-                last_logits.push(logits[(p.len() - 1) * vocab..].to_vec());
-            } else {
-                last_logits.push(logits);
-            }
-        }
-
-        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); bsz];
-        let mut gen_lp: Vec<Vec<f32>> = vec![Vec::new(); bsz];
-        let mut active: Vec<bool> = budget.iter().map(|&b| b > 0).collect();
-        let mut stopped = false;
-        while !stopped && active.iter().any(|&a| a) {
-            let mut step: Vec<(usize, u32)> = Vec::new();
-            for row in 0..bsz {
-                if !active[row] {
-                    continue;
-                }
-                let logits = &last_logits[row];
-                let tok = self.sampler.sample(logits, params);
-                self.stats.generated_tokens += 1;
-                if stops.contains(&tok) {
-                    active[row] = false;
-                    continue;
-                }
-                if opts.logprobs {
-                    gen_lp[row].push(sampling::logprob(logits, tok));
-                }
-                generated[row].push(tok);
-                if on_token(row, tok).is_break() {
-                    stopped = true;
-                }
-                if generated[row].len() >= budget[row] {
-                    active[row] = false;
-                } else {
-                    step.push((row, tok));
-                }
-            }
-            if stopped || step.is_empty() {
-                break;
-            }
-            let toks: Vec<[u32; 1]> = step.iter().map(|&(_, t)| [t]).collect();
-            let chunks: Vec<SeqChunk> = step
-                .iter()
-                .zip(&toks)
-                .map(|(&(row, _), t)| SeqChunk {
-                    slot: row,
-                    start_pos: prompt_tokens[row].len() + generated[row].len() - 1,
-                    tokens: t,
-                    all_logits: false,
-                })
-                .collect();
-            let (model, rope) = (&self.model, &self.rope);
-            let out = model.forward_once(&self.pool, &mut cache, rope, &chunks)?;
-            for ((row, _), logits) in step.iter().zip(out) {
-                last_logits[*row] = logits;
-            }
-        }
-
-        self.stats.decode = started.elapsed();
-        let mut outputs = Vec::with_capacity(bsz);
-        for row in 0..bsz {
-            let (mut tokens, mut lps) = if opts.echo {
-                let mut t = prompt_tokens[row].clone();
-                t.extend_from_slice(&generated[row]);
-                let mut l = std::mem::take(&mut prompt_lp[row]);
-                l.extend_from_slice(&gen_lp[row]);
-                (t, l)
-            } else {
-                (
-                    std::mem::take(&mut generated[row]),
-                    std::mem::take(&mut gen_lp[row]),
-                )
+        let started = Instant::now();
+        for (row, p) in prompt_tokens.iter().enumerate() {
+            let req = Request {
+                prompt: p.clone(),
+                options: SeqOptions {
+                    temperature: opts.temperature,
+                    top_p: opts.top_p,
+                    max_tokens: Some(max_gen_len),
+                    stop_ids: extra_stops.clone(),
+                    logprobs: opts.logprobs,
+                    prompt_logprobs: opts.logprobs && opts.echo,
+                    seed,
+                    seed_stream: row as u64,
+                    ..SeqOptions::default()
+                },
+                tag: row as u64,
             };
-            // With echo a prompt may itself hold EOS (earlier chat turns): the
-            // reference cuts there too.
-            if let Some(i) = tokens.iter().position(|t| stops.contains(t)) {
-                tokens.truncate(i);
-                lps.truncate(i);
+            match self.engine.submit_to(req, tx.clone()) {
+                Ok(c) => cancels.push(c),
+                Err(e) => {
+                    cancel_all(&cancels);
+                    return Err(e);
+                }
             }
-            outputs.push(GenerationOutput {
-                tokens,
-                logprobs: opts.logprobs.then_some(lps),
-            });
         }
-        Ok(outputs)
+        drop(tx);
+        let _cancel_on_unwind = CancelGuard(&cancels);
+        let mut rows: Vec<Row> = (0..bsz).map(|_| Row::default()).collect();
+        let mut first_token: Option<Duration> = None;
+        let mut generated = 0;
+        let mut failure = None;
+        // The channel closes once every row has ended (each request's sender is dropped).
+        while let Ok(ev) = rx.recv() {
+            let row = ev.tag as usize;
+            match ev.kind {
+                EventKind::Token(t) => {
+                    first_token.get_or_insert_with(|| started.elapsed());
+                    let r = &mut rows[row];
+                    r.tokens.push(t.id);
+                    if let Some(lp) = t.logprob {
+                        r.logprobs.push(lp);
+                    }
+                    if on_token(row, &t).is_break() {
+                        cancel_all(&cancels);
+                    }
+                }
+                EventKind::Done(f) => {
+                    let r = &mut rows[row];
+                    r.done = true;
+                    r.tail = f.text;
+                    r.prompt_logprobs = f.prompt_logprobs.unwrap_or_default();
+                    generated += f.generated_tokens;
+                }
+                EventKind::Failed(e) => {
+                    cancel_all(&cancels);
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let total = started.elapsed();
+        let prefill = first_token.unwrap_or(total);
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = GenerationStats {
+            prompt_tokens: prompt_tokens.iter().map(Vec::len).sum(),
+            generated_tokens: generated,
+            prefill,
+            decode: total - prefill,
+        };
+        Ok(rows)
     }
 
     fn piece_texts(&self, tokens: &[u32]) -> Result<Vec<String>> {
         tokens
             .iter()
-            .map(|&t| self.tokenizer.decode(&[t]))
+            .map(|&t| self.tokenizer().decode(&[t]))
             .collect()
     }
 
     /// The reference's `text_completion`: each prompt encoded with BOS, continued.
     pub fn text_completion<S: AsRef<str>>(
-        &mut self,
+        &self,
         prompts: &[S],
         opts: &GenerationOptions,
     ) -> Result<Vec<CompletionPrediction>> {
@@ -687,14 +744,14 @@ impl Llama {
     /// [`Llama::text_completion`], calling `on_token(row, id)` for every generated token
     /// as [`Llama::generate_with`] does; `Break` stops the whole call.
     pub fn text_completion_with<S: AsRef<str>>(
-        &mut self,
+        &self,
         prompts: &[S],
         opts: &GenerationOptions,
         on_token: &mut dyn FnMut(usize, u32) -> ControlFlow<()>,
     ) -> Result<Vec<CompletionPrediction>> {
         let tokens: Vec<Vec<u32>> = prompts
             .iter()
-            .map(|p| self.tokenizer.encode(p.as_ref(), true, false))
+            .map(|p| self.tokenizer().encode(p.as_ref(), true, false))
             .collect();
         let outs = self.generate_with(&tokens, opts, on_token)?;
         outs.into_iter()
@@ -704,7 +761,7 @@ impl Llama {
 
     fn completion_prediction(&self, o: GenerationOutput) -> Result<CompletionPrediction> {
         Ok(CompletionPrediction {
-            generation: self.tokenizer.decode(&o.tokens)?,
+            generation: self.tokenizer().decode(&o.tokens)?,
             tokens: match o.logprobs {
                 Some(_) => Some(self.piece_texts(&o.tokens)?),
                 None => None,
@@ -715,7 +772,7 @@ impl Llama {
 
     /// Prompt ids of each dialog, or `None` for a dialog refused for special tags.
     /// Fails (like the reference's assertions) if any dialog breaks the role rules.
-    fn dialog_prompts(&self, dialogs: &[Dialog]) -> Result<Vec<Option<Vec<u32>>>> {
+    pub fn dialog_prompts(&self, dialogs: &[Dialog]) -> Result<Vec<Option<Vec<u32>>>> {
         if dialogs.len() > self.max_batch_size {
             return Err(Error::BatchTooLarge {
                 got: dialogs.len(),
@@ -725,7 +782,7 @@ impl Llama {
         dialogs
             .iter()
             .map(|d| {
-                let ids = self.template.encode(&self.tokenizer, d)?;
+                let ids = self.template.encode(self.tokenizer(), d)?;
                 Ok((!self.template.is_refused(d)).then_some(ids))
             })
             .collect()
@@ -735,7 +792,7 @@ impl Llama {
     /// text as its content without running the model; the others are generated as one
     /// batch, unaffected by it.
     pub fn chat_completion(
-        &mut self,
+        &self,
         dialogs: &[Dialog],
         opts: &GenerationOptions,
     ) -> Result<Vec<ChatPrediction>> {
@@ -747,7 +804,7 @@ impl Llama {
     /// refused). Returning `Break` stops the whole call; the answers then hold what was
     /// generated so far.
     pub fn chat_completion_with(
-        &mut self,
+        &self,
         dialogs: &[Dialog],
         opts: &GenerationOptions,
         on_token: &mut dyn FnMut(usize, u32) -> ControlFlow<()>,
@@ -758,9 +815,9 @@ impl Llama {
             echo: false,
             ..opts.clone()
         };
-        let stops = self.chat_stops();
+        let stops = self.chat_stop_ids();
         let mut outs = self
-            .generate_until(&safe, &chat_opts, &stops, on_token)?
+            .generate_until(&safe, &chat_opts, &stops, &mut |row, t| on_token(row, t.id))?
             .into_iter();
         prompts
             .iter()
@@ -772,17 +829,6 @@ impl Llama {
                 }
             })
             .collect()
-    }
-
-    /// Tokens that end an assistant turn: EOS ids plus the template's end-of-turn.
-    fn chat_stops(&self) -> Vec<u32> {
-        let mut stops = self.eos_ids.clone();
-        for id in self.template.stop_ids(&self.tokenizer) {
-            if !stops.contains(&id) {
-                stops.push(id);
-            }
-        }
-        stops
     }
 
     fn refusal(&self, logprobs: bool) -> ChatPrediction {
@@ -805,24 +851,20 @@ impl Llama {
     /// Streams one completion: `on_text` receives UTF-8-safe text deltas whose
     /// concatenation is the returned generation. `Break` stops early.
     pub fn text_completion_stream(
-        &mut self,
+        &self,
         prompt: &str,
         opts: &GenerationOptions,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<CompletionPrediction> {
-        let tokens = vec![self.tokenizer.encode(prompt, true, false)];
-        let opts = GenerationOptions {
-            echo: false,
-            ..opts.clone()
-        };
+        let tokens = vec![self.tokenizer().encode(prompt, true, false)];
         let stops = self.eos_ids.clone();
-        let o = self.stream_row(&tokens, &opts, &stops, on_text)?;
+        let o = self.stream_row(&tokens, opts, &stops, on_text)?;
         self.completion_prediction(o)
     }
 
     /// Streams the answer to one dialog (see [`Llama::text_completion_stream`]).
     pub fn chat_completion_stream(
-        &mut self,
+        &self,
         dialog: &Dialog,
         opts: &GenerationOptions,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
@@ -831,42 +873,62 @@ impl Llama {
             let _ = on_text(chat::UNSAFE_ERROR);
             return Ok(self.refusal(opts.logprobs));
         };
-        let opts = GenerationOptions {
-            echo: false,
-            ..opts.clone()
-        };
-        let stops = self.chat_stops();
-        let o = self.stream_row(&[ids], &opts, &stops, on_text)?;
+        let stops = self.chat_stop_ids();
+        let o = self.stream_row(&[ids], opts, &stops, on_text)?;
         self.chat_prediction(o)
     }
 
     fn stream_row(
-        &mut self,
+        &self,
         tokens: &[Vec<u32>],
         opts: &GenerationOptions,
         stops: &[u32],
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<GenerationOutput> {
-        let mut decoder = StreamDecoder::new();
-        let tokenizer = Arc::clone(&self.tokenizer);
-        let mut decode_err = None;
-        let mut outs = self.generate_until(tokens, opts, stops, &mut |_, id| match decoder
-            .push(&tokenizer, id)
-        {
-            Ok(delta) if delta.is_empty() => ControlFlow::Continue(()),
-            Ok(delta) => on_text(&delta),
-            Err(e) => {
-                decode_err = Some(e);
-                ControlFlow::Break(())
+        let opts = GenerationOptions {
+            echo: false,
+            ..opts.clone()
+        };
+        let mut stopped = false;
+        let mut rows = self.run_rows(tokens, &opts, stops, &mut |_, t| {
+            if t.text.is_empty() {
+                return ControlFlow::Continue(());
             }
+            let flow = on_text(&t.text);
+            stopped |= flow.is_break();
+            flow
         })?;
-        if let Some(e) = decode_err {
-            return Err(e);
+        let row = rows.remove(0);
+        if !stopped && !row.tail.is_empty() {
+            let _ = on_text(&row.tail);
         }
-        let rest = decoder.finish(&tokenizer)?;
-        if !rest.is_empty() {
-            let _ = on_text(&rest);
+        Ok(GenerationOutput {
+            tokens: row.tokens,
+            logprobs: opts.logprobs.then_some(row.logprobs),
+        })
+    }
+}
+
+/// The engine settings of a `Llama`.
+struct EngineSetup {
+    max_seq_len: usize,
+    max_batch_size: usize,
+    threads: Option<usize>,
+    seed: u64,
+    kv_type: KvType,
+    step_tokens: usize,
+    eos_ids: Vec<u32>,
+}
+
+/// Cancels a call's requests if the caller unwinds (a panicking callback).
+struct CancelGuard<'a>(&'a [Arc<AtomicBool>]);
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for c in self.0 {
+                c.store(true, Ordering::Relaxed);
+            }
         }
-        Ok(outs.remove(0))
     }
 }

@@ -1,0 +1,303 @@
+//! The step loop: admits waiting sequences into free KV slots (reusing a cached prefix
+//! where one matches), fills a token budget per step with one decode token for every
+//! running sequence plus pieces of prompts (chunked prefill), runs one forward pass,
+//! samples per sequence and retires finished or cancelled ones.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::kernels::{RopeTable, WorkerPool};
+use crate::model::{KvPool, SeqChunk, Transformer, Workspace};
+use crate::tokenizer::Tokenizer;
+
+use super::sequence::{EventKind, FinishReason, Sequence};
+use super::EngineGauges;
+
+/// What a slot holds between requests.
+#[derive(Debug, Default)]
+struct SlotState {
+    /// A running sequence owns it.
+    busy: bool,
+    /// Tokens whose keys and values are in the slot, from position 0.
+    cached: Vec<u32>,
+    /// Step at which it was last used (least recently used slots are taken first).
+    last_used: u64,
+}
+
+/// The engine's state on its thread.
+pub(crate) struct Scheduler {
+    pub model: Arc<Transformer>,
+    pub pool: WorkerPool,
+    pub tokenizer: Arc<Tokenizer>,
+    pub eos_ids: Vec<u32>,
+    kv: KvPool,
+    rope: RopeTable,
+    ws: Workspace,
+    logits: Vec<f32>,
+    slots: Vec<SlotState>,
+    waiting: VecDeque<Sequence>,
+    running: Vec<Sequence>,
+    /// Most tokens per forward pass (decode tokens first, then prompt pieces).
+    step_tokens: usize,
+    steps: u64,
+    gauges: Arc<EngineGauges>,
+}
+
+impl Scheduler {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: Arc<Transformer>,
+        pool: WorkerPool,
+        tokenizer: Arc<Tokenizer>,
+        eos_ids: Vec<u32>,
+        kv: KvPool,
+        step_tokens: usize,
+        gauges: Arc<EngineGauges>,
+    ) -> Scheduler {
+        let rope = model.rope_table(kv.ctx());
+        let slots = (0..kv.slots()).map(|_| SlotState::default()).collect();
+        Scheduler {
+            model,
+            pool,
+            tokenizer,
+            eos_ids,
+            kv,
+            rope,
+            ws: Workspace::new(),
+            logits: Vec::new(),
+            slots,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            step_tokens: step_tokens.max(1),
+            steps: 0,
+            gauges,
+        }
+    }
+
+    /// Whether any sequence is waiting or running.
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    /// Queues a validated sequence.
+    pub fn enqueue(&mut self, seq: Sequence) {
+        self.waiting.push_back(seq);
+        self.publish();
+    }
+
+    /// Cancels everything (engine shutdown).
+    pub fn cancel_all(&mut self) {
+        for s in self.waiting.iter().chain(&self.running) {
+            s.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.retire_cancelled();
+    }
+
+    fn publish(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let g = &self.gauges;
+        g.waiting.store(self.waiting.len(), Relaxed);
+        g.running.store(self.running.len(), Relaxed);
+        let used: usize = self.running.iter().map(|s| s.fed).sum();
+        g.kv_used.store(used, Relaxed);
+    }
+
+    /// Ends cancelled sequences, waiting or running, and frees their slots.
+    fn retire_cancelled(&mut self) {
+        let tok = Arc::clone(&self.tokenizer);
+        self.waiting.retain_mut(|s| {
+            if s.is_cancelled() {
+                s.finish(FinishReason::Cancelled, &tok);
+                false
+            } else {
+                true
+            }
+        });
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].is_cancelled() {
+                let mut s = self.running.swap_remove(i);
+                s.finish(FinishReason::Cancelled, &tok);
+                self.free_slot(&s);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Gives a finished sequence's slot back, keeping its tokens for prefix reuse.
+    fn free_slot(&mut self, s: &Sequence) {
+        let st = &mut self.slots[s.slot];
+        st.busy = false;
+        st.cached.clear();
+        st.cached.extend_from_slice(&s.tokens[..s.fed]);
+        st.last_used = self.steps;
+    }
+
+    /// Picks a slot for `prompt`: the free slot sharing the longest prefix with it, else
+    /// an empty one, else the least recently used. Returns (slot, reusable tokens).
+    fn pick_slot(&self, prompt: &[u32], reuse: bool) -> Option<(usize, usize)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.busy)
+            .map(|(i, s)| {
+                // At least one prompt token must run, to give the logits to sample from.
+                let common = if reuse {
+                    let same = s.cached.iter().zip(prompt).take_while(|(a, b)| a == b);
+                    same.count().min(prompt.len() - 1)
+                } else {
+                    0
+                };
+                let key = (common, s.cached.is_empty(), std::cmp::Reverse(s.last_used));
+                (key, i, common)
+            })
+            .max_by_key(|(key, i, _)| (*key, std::cmp::Reverse(*i)))
+            .map(|(_, i, common)| (i, common))
+    }
+
+    /// Moves waiting sequences into free slots, in arrival order.
+    fn admit(&mut self) {
+        while let Some(s) = self.waiting.front() {
+            let Some((slot, reuse)) = self.pick_slot(&s.tokens, !s.opts.prompt_logprobs) else {
+                break;
+            };
+            let mut s = self.waiting.pop_front().expect("front exists");
+            self.slots[slot].busy = true;
+            s.slot = slot;
+            s.fed = reuse;
+            s.cached = reuse;
+            self.running.push(s);
+        }
+    }
+
+    /// One engine step. Returns whether any work was done.
+    pub fn step(&mut self) -> bool {
+        self.retire_cancelled();
+        self.admit();
+        // A prompt that fills the context has nothing to generate.
+        let tok = Arc::clone(&self.tokenizer);
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].budget == 0 {
+                let mut s = self.running.swap_remove(i);
+                s.finish(FinishReason::Length, &tok);
+                self.free_slot(&s);
+            } else {
+                i += 1;
+            }
+        }
+        if self.running.is_empty() {
+            self.publish();
+            return false;
+        }
+        self.steps += 1;
+        // Decode tokens first (every running stream advances), then prompt pieces in
+        // admission order while the budget lasts.
+        let mut plan: Vec<(usize, usize, usize)> = Vec::new(); // (running index, start, len)
+        let mut budget = self.step_tokens;
+        for (i, s) in self.running.iter().enumerate() {
+            if s.pending() == 1 {
+                plan.push((i, s.fed, 1));
+                budget = budget.saturating_sub(1);
+            }
+        }
+        for (i, s) in self.running.iter().enumerate() {
+            if s.pending() > 1 && budget > 0 {
+                let take = s.pending().min(budget);
+                plan.push((i, s.fed, take));
+                budget -= take;
+            }
+        }
+        let chunks: Vec<SeqChunk<'_>> = plan
+            .iter()
+            .map(|&(i, start, len)| {
+                let s = &self.running[i];
+                SeqChunk {
+                    slot: s.slot,
+                    start_pos: start,
+                    tokens: &s.tokens[start..start + len],
+                    all_logits: s.opts.prompt_logprobs && start < s.prompt_len,
+                }
+            })
+            .collect();
+        let (model, pool, kv, rope, ws, logits) = (
+            &self.model,
+            &self.pool,
+            &mut self.kv,
+            &self.rope,
+            &mut self.ws,
+            &mut self.logits,
+        );
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            model.forward(pool, kv, rope, &chunks, ws, logits)
+        }));
+        let rows: Vec<usize> = chunks
+            .iter()
+            .map(|c| if c.all_logits { c.tokens.len() } else { 1 })
+            .collect();
+        drop(chunks);
+        let failure = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(p) => Some(panic_message(&p)),
+        };
+        if let Some(msg) = failure {
+            // Fail only the sequences of this step; their slots' contents are suspect.
+            let mut failed: Vec<usize> = plan.iter().map(|p| p.0).collect();
+            failed.sort_unstable();
+            for &i in failed.iter().rev() {
+                let s = self.running.swap_remove(i);
+                s.send(EventKind::Failed(Error::InvalidArgument(format!(
+                    "the forward pass failed: {msg}"
+                ))));
+                self.kv.release(s.slot);
+                let st = &mut self.slots[s.slot];
+                st.busy = false;
+                st.cached.clear();
+            }
+            self.publish();
+            return true;
+        }
+        let vocab = self.model.vocab_size();
+        let mut done: Vec<(usize, FinishReason)> = Vec::new();
+        let mut row = 0;
+        for (&(i, start, len), &n_rows) in plan.iter().zip(&rows) {
+            let block = &self.logits[row * vocab..(row + n_rows) * vocab];
+            row += n_rows;
+            let s = &mut self.running[i];
+            s.fed = start + len;
+            if s.opts.prompt_logprobs && start < s.prompt_len {
+                s.record_prompt_logprobs(start, block, vocab);
+            }
+            if s.pending() == 0 {
+                let last = &block[(n_rows - 1) * vocab..];
+                if let Some(reason) = s.advance(last, &tok, &self.eos_ids) {
+                    done.push((i, reason));
+                }
+            }
+        }
+        done.sort_unstable_by_key(|d| d.0);
+        for &(i, reason) in done.iter().rev() {
+            let mut s = self.running.swap_remove(i);
+            s.finish(reason, &tok);
+            self.free_slot(&s);
+        }
+        self.publish();
+        true
+    }
+
+    /// Runs `f` with the model and the worker pool (between steps).
+    pub fn exclusive(&mut self, f: super::Exclusive) {
+        f(&self.model, &self.pool)
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
