@@ -250,7 +250,7 @@ fn stop_strings_straddling_tokens_end_the_text_and_are_never_streamed() {
             let (prev, this) = (a.chars().last()?, b[a.len()..].chars().next()?);
             let s = format!("{prev}{this}");
             let at = full.text.find(&s)?;
-            (at + prev.len_utf8() == a.len()).then(|| (at, s))
+            (at + prev.len_utf8() == a.len()).then_some((at, s))
         })
         .expect("some adjacent tokens with text on both sides");
     let with_stop = SeqOptions {
