@@ -33,6 +33,44 @@ def test_gil_released_during_generation() -> None:
     assert ticks > 20
 
 
+def test_threads_share_the_engine_without_a_lock() -> None:
+    """Calls from several threads run together: a short call started during a long one
+    ends first (with a lock it would wait), and every greedy answer equals its answer
+    alone."""
+    g = Llama.build(str(ckpt("tiny-gqa")), str(TOKENIZER), 1024, 4, threads=1)
+    prompts = ["I believe", "Simply put, the theory", "Hi", "A brief message"]
+    alone = [
+        g.text_completion([p], temperature=0.0, max_gen_len=24)[0]["generation"]
+        for p in prompts
+    ]
+    finished: list = []
+    results: dict = {}
+    long_started = threading.Event()
+
+    def long_call() -> None:
+        long_started.set()
+        g.text_completion(["I believe"], temperature=0.0, max_gen_len=900)
+        finished.append("long")
+
+    def short_call(i: int) -> None:
+        out = g.text_completion([prompts[i]], temperature=0.0, max_gen_len=24)
+        results[i] = out[0]["generation"]
+        finished.append(i)
+
+    t_long = threading.Thread(target=long_call)
+    t_long.start()
+    long_started.wait()
+    time.sleep(0.05)
+    shorts = [threading.Thread(target=short_call, args=(i,)) for i in range(len(prompts))]
+    for t in shorts:
+        t.start()
+    for t in shorts:
+        t.join()
+    t_long.join()
+    assert finished[-1] == "long", finished
+    assert [results[i] for i in range(len(prompts))] == alone
+
+
 INTERRUPT = textwrap.dedent(
     """
     import os, signal, sys, threading, time
