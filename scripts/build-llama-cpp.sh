@@ -16,7 +16,7 @@
 #      into target/llama.cpp/src and extracts it; llama.cpp is vendor/llama.cpp inside it.
 #   3. cmake: -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release
 #      (shared libs), and builds only: llama (libllama.so + ggml libs), llama-simple,
-#      llama-tokenize, llama-bench, llama-quantize.
+#      llama-tokenize, llama-bench, llama-batched-bench, llama-quantize.
 #   4. compiles scripts/llama_cpp_greedy.cpp against include/llama.h and libllama.so
 #      into <build>/bin/llama-cpp-greedy (rpath set, no LD_LIBRARY_PATH needed).
 #
@@ -113,7 +113,7 @@ if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
     cmake "${CMAKE_ARGS[@]}" >&2
 fi
 
-TARGETS=(llama llama-simple llama-tokenize llama-bench llama-quantize)
+TARGETS=(llama llama-simple llama-tokenize llama-bench llama-batched-bench llama-quantize)
 start=$(date +%s)
 log "building ${TARGETS[*]} with -j$JOBS"
 cmake --build "$BUILD_DIR" --config Release -j"$JOBS" --target "${TARGETS[@]}" >&2

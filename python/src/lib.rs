@@ -66,12 +66,9 @@ fn engine_err(py: Python<'_>, e: llama2::Error) -> PyErr {
         E::InvalidArgument(_) | E::InvalidTokenId { .. } => {
             raise::<PyValueError>(py, "InvalidArgumentError", msg)
         }
-        E::Io { .. }
-        | E::Checkpoint { .. }
-        | E::Config(_)
-        | E::Tokenizer(_)
-        | E::Shape { .. }
-        | E::Fetch(_) => raise::<PyOSError>(py, "ModelLoadError", msg),
+        E::Io { .. } | E::Checkpoint { .. } | E::Config(_) | E::Tokenizer(_) | E::Shape { .. } => {
+            raise::<PyOSError>(py, "ModelLoadError", msg)
+        }
         #[allow(unreachable_patterns)]
         _ => raise::<PyException>(py, "LlamaError", msg),
     }
@@ -518,7 +515,9 @@ impl Engine {
         let precision = self::precision(py, precision)?;
         let model_path = match model_path {
             Some(p) => p,
-            None => Job::spawn(|_| llama2::default_model::path_or_fetch())?.wait(py)?,
+            None => Job::spawn(|_| Ok(llama2_default_model::path_or_fetch()))?
+                .wait(py)?
+                .map_err(|e| raise::<PyOSError>(py, "ModelLoadError", e.to_string()))?,
         };
         if let Some(mp) = model_parallel_size {
             check_model_parallel(py, &model_path, mp)?;
@@ -590,6 +589,7 @@ impl Engine {
         let s = py.detach(move || llama.last_stats());
         let d = PyDict::new(py);
         d.set_item("prompt_tokens", s.prompt_tokens)?;
+        d.set_item("reused_tokens", s.reused_tokens)?;
         d.set_item("generated_tokens", s.generated_tokens)?;
         d.set_item("prefill_s", s.prefill.as_secs_f64())?;
         d.set_item("decode_s", s.decode.as_secs_f64())?;

@@ -133,7 +133,7 @@ pub fn run(a: BatchedBenchArgs) -> Result<()> {
     }
     let path = match &a.model {
         Some(p) => p.clone(),
-        None => llama2::default_model::path_or_fetch()?,
+        None => llama2_default_model::path_or_fetch()?,
     };
     let max_b = a.npl.iter().copied().max().unwrap_or(1);
     let max_ctx = a.npp.iter().max().unwrap_or(&1) + a.ntg.iter().max().unwrap_or(&1);

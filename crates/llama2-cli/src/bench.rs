@@ -132,7 +132,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let path = match &a.model {
         Some(p) => p.clone(),
-        None => llama2::default_model::path_or_fetch()?,
+        None => llama2_default_model::path_or_fetch()?,
     };
     let threads = if a.threads.is_empty() {
         vec![llama2::kernels::default_threads()]

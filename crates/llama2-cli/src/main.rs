@@ -152,7 +152,7 @@ impl ModelArgs {
     fn path(&self) -> Result<PathBuf> {
         match (&self.model, &self.ckpt_dir) {
             (Some(p), _) | (None, Some(p)) => Ok(p.clone()),
-            (None, None) => Ok(llama2::default_model::path_or_fetch()?),
+            (None, None) => Ok(llama2_default_model::path_or_fetch()?),
         }
     }
 }
@@ -284,8 +284,9 @@ impl SamplingArgs {
         if self.stats {
             let s = llama.last_stats();
             eprintln!(
-                "prompt: {} tokens in {:.3}s ({:.1} tok/s); generated: {} tokens in {:.3}s ({:.1} tok/s); {} threads",
+                "prompt: {} tokens ({} reused) in {:.3}s ({:.1} tok/s); generated: {} tokens in {:.3}s ({:.1} tok/s); {} threads",
                 s.prompt_tokens,
+                s.reused_tokens,
                 s.prefill.as_secs_f64(),
                 s.prefill_tokens_per_s(),
                 s.generated_tokens,

@@ -66,9 +66,6 @@ pub enum Error {
     /// A sampling or generation parameter is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// The default model could not be fetched.
-    #[error("fetching the default model: {0}")]
-    Fetch(String),
     /// A dialog breaks the chat format's role rules.
     #[error("{0}")]
     Dialog(#[from] crate::chat::DialogError),

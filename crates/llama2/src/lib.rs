@@ -9,7 +9,6 @@ pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod convert;
-pub mod default_model;
 pub mod engine;
 pub mod error;
 pub mod kernels;

