@@ -414,6 +414,8 @@ impl Llama {
                 eos_ids: s.eos_ids.clone(),
             },
         )?;
+        // Weights are rearranged for the kernels here rather than in the first request.
+        engine.exclusive(|model, pool| model.prepare(pool))?;
         Ok(Llama {
             engine,
             max_seq_len: s.max_seq_len,

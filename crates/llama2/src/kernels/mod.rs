@@ -87,6 +87,14 @@ impl Matrix {
         })
     }
 
+    /// Makes the integer kernels' copy of the weights now rather than at the first
+    /// product (a no-op for [`Precision::Exact`] and types without one).
+    pub fn prepare(&self, pool: &WorkerPool, precision: Precision) {
+        if precision == Precision::Fast {
+            self.repacked(pool);
+        }
+    }
+
     /// Row `r` converted to f32 into `out` (`cols` long).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         convert::to_f32(self.dtype(), self.row_bytes(r, r + 1), out);
@@ -683,15 +691,47 @@ pub fn attend_f16(
 ) {
     kv.check(q.len(), out);
     assert!(scratch.len() >= F16_BLOCK * q.len());
+    #[cfg(target_arch = "x86_64")]
+    let f16c = std::arch::is_x86_feature_detected!("f16c");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` comes only from detection that found AVX2.
-        Isa::Avx2 => unsafe { attend_f16_avx2(q, kv, scores, scratch, out) },
+        // SAFETY: `Isa::Avx2` comes only from detection that found AVX2; F16C was
+        // detected just above.
+        Isa::Avx2 if f16c => unsafe { attend_f16_avx2(q, kv, scores, scratch, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` comes only from detection that found AVX-512F.
+        // SAFETY: `Isa::Avx512` comes only from detection that found AVX-512F (which
+        // implies F16C).
         Isa::Avx512 => unsafe { attend_f16_avx512(q, kv, scores, scratch, out) },
-        _ => attend_f16_with(q, kv, scores, scratch, out, dot4_generic),
+        _ => attend_f16_with(q, kv, scores, scratch, out, dot4_generic, widen_generic),
     }
+}
+
+/// f16 bit patterns widened to f32 (exact) by the portable conversion.
+#[inline(always)]
+fn widen_generic(src: &[u16], dst: &mut [f32]) {
+    convert::f16_to_f32(src, dst)
+}
+
+/// f16 bit patterns widened to f32 eight at a time by F16C's `vcvtph2ps` (exact, as the
+/// portable conversion). Only inlined into functions compiled with F16C.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn widen_f16c(src: &[u16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert_eq!(src.len(), dst.len());
+    let n = src.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: elements `i..i + 8` lie inside both slices (`i + 8 <= n`); unaligned
+        // loads and stores; F16C and AVX are enabled in every caller
+        // (`attend_f16_avx2`, `attend_f16_avx512`).
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>());
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+        i += 8;
+    }
+    convert::f16_to_f32(&src[i..], &mut dst[i..]);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -701,7 +741,7 @@ unsafe fn attend_avx2(q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut [
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,f16c")]
 unsafe fn attend_f16_avx2(
     q: &[f32],
     kv: KvHead<'_, u16>,
@@ -709,7 +749,7 @@ unsafe fn attend_f16_avx2(
     scratch: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_f16_with(q, kv, scores, scratch, out, dot4_generic)
+    attend_f16_with(q, kv, scores, scratch, out, dot4_generic, widen_f16c)
 }
 
 /// [`dot4_avx512`] behind a safe signature (AVX-512F must be enabled by the caller).
@@ -724,7 +764,7 @@ fn dot4_avx512_checked(k: &[f32], stride: usize, q: &[f32], r: &mut [f32; 4]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,f16c")]
 unsafe fn attend_avx512(q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut [f32]) {
     if q.len().is_multiple_of(16) {
         return attend_with(q, kv, scores, out, dot4_avx512_checked);
@@ -733,7 +773,7 @@ unsafe fn attend_avx512(q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,f16c")]
 unsafe fn attend_f16_avx512(
     q: &[f32],
     kv: KvHead<'_, u16>,
@@ -742,9 +782,125 @@ unsafe fn attend_f16_avx512(
     out: &mut [f32],
 ) {
     if q.len().is_multiple_of(16) {
-        return attend_f16_with(q, kv, scores, scratch, out, dot4_avx512_checked);
+        return attend_f16_avx512_direct(q, kv, scores, scratch, out);
     }
-    attend_f16_with(q, kv, scores, scratch, out, dot4_generic)
+    attend_f16_with(q, kv, scores, scratch, out, dot4_generic, widen_f16c)
+}
+
+/// [`attend_f16_with`] for head sizes that are a multiple of 16, reading the f16 cache
+/// straight into registers (`vcvtph2ps`, exact) instead of through `scratch`: the same
+/// lane arithmetic as [`dot4_avx512`] for the scores and as [`value_sums`] for the
+/// values, so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn attend_f16_avx512_direct(
+    q: &[f32],
+    kv: KvHead<'_, u16>,
+    scores: &mut [f32],
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    let KvHead {
+        keys,
+        values,
+        stride,
+        offset,
+        len,
+    } = kv;
+    let hd = q.len();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let scores = &mut scores[..len];
+    let keys = &keys[offset..];
+    let mut j = 0;
+    let mut r = [0.0f32; 4];
+    while j + 4 <= len {
+        let k = &keys[j * stride..];
+        assert!(k.len() >= 3 * stride + hd);
+        // SAFETY: AVX-512F and F16C are enabled here; the four rows lie inside `k`.
+        unsafe { dot4_avx512(k, stride, q, &mut r) };
+        for (s, v) in scores[j..j + 4].iter_mut().zip(r) {
+            *s = v * scale;
+        }
+        j += 4;
+    }
+    for (j, s) in scores.iter_mut().enumerate().skip(j) {
+        let row = &mut scratch[..hd];
+        widen_f16c(&keys[j * stride..][..hd], row);
+        dot::dot_rows_strided_generic::<1>(row, hd, hd, q, &mut r[..1]);
+        *s = r[0] * scale;
+    }
+    softmax_generic(scores);
+    let values = &values[offset..];
+    assert!(values.len() >= (len - 1) * stride + hd && out.len() == hd);
+    // SAFETY: AVX-512F and F16C are enabled here; every row read lies inside `values`
+    // (asserted) and `out` is `hd` long.
+    unsafe { value_sums_avx512(scores, values, stride, out) };
+}
+
+/// A cached element type the AVX-512 attention reads sixteen at a time as f32.
+#[cfg(target_arch = "x86_64")]
+trait KvLanes: Copy {
+    /// Sixteen values from `p` widened to f32 (exact).
+    ///
+    /// # Safety
+    /// AVX-512F and F16C must be enabled in the caller and `p..p + 16` readable.
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl KvLanes for f32 {
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl KvLanes for u16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const u16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract (sixteen f16 values are 32 bytes).
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast::<__m256i>())) }
+    }
+}
+
+/// [`value_sums`] with AVX-512 registers for `out.len()` a multiple of 16: each output
+/// element adds `p[j] * v[j]` over the positions in order (multiply, then add: the same
+/// bits).
+///
+/// # Safety
+/// AVX-512F and F16C enabled; rows `0..p.len()` of `stride` hold `out.len()` values each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn value_sums_avx512<T: KvLanes>(p: &[f32], values: &[T], stride: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hd = out.len();
+    let mut c = 0;
+    while c + 64 <= hd {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (j, &pj) in p.iter().enumerate() {
+            let pv = _mm512_set1_ps(pj);
+            let row = values.as_ptr().add(j * stride + c);
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(pv, T::load16(row.add(16 * i))));
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(c + 16 * i), *a);
+        }
+        c += 64;
+    }
+    while c + 16 <= hd {
+        let mut acc = _mm512_setzero_ps();
+        for (j, &pj) in p.iter().enumerate() {
+            let v = T::load16(values.as_ptr().add(j * stride + c));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(pj), v));
+        }
+        _mm512_storeu_ps(out.as_mut_ptr().add(c), acc);
+        c += 16;
+    }
 }
 
 /// Four dot products of `q` (a multiple of 16 long) with rows `stride` apart, with the
@@ -752,14 +908,14 @@ unsafe fn attend_f16_avx512(
 /// order, then the halving tree), the four trees folded together: each level's adds are
 /// the same, in a quarter of the instructions.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dot4_avx512(k: &[f32], stride: usize, q: &[f32], r: &mut [f32; 4]) {
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn dot4_avx512<T: KvLanes>(k: &[T], stride: usize, q: &[f32], r: &mut [f32; 4]) {
     use std::arch::x86_64::*;
     let mut acc = [_mm512_setzero_ps(); 4];
     for c in (0..q.len()).step_by(16) {
         let qv = _mm512_loadu_ps(q.as_ptr().add(c));
         for (i, a) in acc.iter_mut().enumerate() {
-            let kv = _mm512_loadu_ps(k.as_ptr().add(i * stride + c));
+            let kv = T::load16(k.as_ptr().add(i * stride + c));
             *a = _mm512_add_ps(*a, _mm512_mul_ps(kv, qv));
         }
     }
@@ -828,6 +984,7 @@ fn attend_f16_with(
     scratch: &mut [f32],
     out: &mut [f32],
     dot4: impl Fn(&[f32], usize, &[f32], &mut [f32; 4]),
+    widen_row: impl Fn(&[u16], &mut [f32]),
 ) {
     let KvHead {
         keys,
@@ -838,22 +995,23 @@ fn attend_f16_with(
     } = kv;
     let hd = q.len();
     let scores = &mut scores[..len];
-    // The head's slice of rows `j0..j1` of `rows`, widened into `scratch` (stride `hd`).
-    let widen = |rows: &[u16], j0: usize, j1: usize, scratch: &mut [f32]| {
-        for (j, dst) in (j0..j1).zip(scratch.chunks_exact_mut(hd)) {
-            convert::f16_to_f32(&rows[j * stride + offset..][..hd], dst);
-        }
-    };
+    // Each block's slice of this head in rows `j0..j1`, widened into `scratch` (stride
+    // `hd`). Plain loops, not closures: the conversion must inline into the caller's
+    // instruction set.
     for j0 in (0..len).step_by(F16_BLOCK) {
         let j1 = (j0 + F16_BLOCK).min(len);
-        widen(keys, j0, j1, scratch);
+        for (j, dst) in (j0..j1).zip(scratch.chunks_exact_mut(hd)) {
+            widen_row(&keys[j * stride + offset..][..hd], dst);
+        }
         key_scores(q, scratch, hd, &mut scores[j0..j1], &dot4);
     }
     softmax_generic(scores);
     out.fill(0.0);
     for j0 in (0..len).step_by(F16_BLOCK) {
         let j1 = (j0 + F16_BLOCK).min(len);
-        widen(values, j0, j1, scratch);
+        for (j, dst) in (j0..j1).zip(scratch.chunks_exact_mut(hd)) {
+            widen_row(&values[j * stride + offset..][..hd], dst);
+        }
         value_sums(&scores[j0..j1], scratch, hd, out);
     }
 }

@@ -171,6 +171,17 @@ impl Transformer {
         self.vocab_size
     }
 
+    /// Rearranges every weight matrix for its kernels now (done otherwise at first use),
+    /// so the first request does not pay for it.
+    pub fn prepare(&self, pool: &WorkerPool) {
+        for b in &self.blocks {
+            for m in [&b.wq, &b.wk, &b.wv, &b.wo, &b.w1, &b.w2, &b.w3] {
+                m.prepare(pool, self.precision);
+            }
+        }
+        self.output.prepare(pool, self.precision);
+    }
+
     /// Whether any weight matrix is stored in a quantized block format.
     pub fn is_quantized(&self) -> bool {
         let q = |m: &Matrix| m.tensor.dtype.is_quantized();
