@@ -155,12 +155,19 @@ fn busy_batch_is_bit_identical_to_solo_quantized_f16_kv() {
     busy_batch_is_bit_identical_to_solo(Model::GgufQ8);
 }
 
+/// A cancelled request ends as cancelled and its slot serves the queued one (the
+/// one-step bound itself is tested on the scheduler, stepped by hand).
 #[test]
-fn cancelled_request_leaves_within_a_step_and_frees_its_slot() {
-    let llama = engine(&Model::MetaF32, 1, 512);
+fn cancelled_request_frees_its_slot_for_the_queued_one() {
+    let llama = Llama::builder(model_dir("tiny-gqa").join("meta"), tokenizer_path())
+        .max_seq_len(4096)
+        .max_batch_size(1)
+        .threads(2)
+        .build()
+        .unwrap();
     let e = llama.engine();
-    let long = e.submit(req(prompt(10, 1), greedy(80))).unwrap();
-    // One slot: this one waits until the first is cancelled.
+    // Up to 4000 tokens: far longer than the few reads below take.
+    let long = e.submit(req(prompt(10, 1), greedy(4000))).unwrap();
     let queued = req(prompt(12, 2), greedy(10));
     let want = solo(&Model::MetaF32, std::slice::from_ref(&queued));
     let next = e.submit(queued).unwrap();
@@ -168,19 +175,18 @@ fn cancelled_request_leaves_within_a_step_and_frees_its_slot() {
         assert!(matches!(long.recv().unwrap().kind, EventKind::Token(_)));
     }
     long.cancel();
-    let mut after = 0;
-    let reason = loop {
+    let done = loop {
         match long.recv().unwrap().kind {
-            EventKind::Token(_) => after += 1,
-            EventKind::Done(f) => break f.reason,
+            EventKind::Token(_) => {}
+            EventKind::Done(f) => break f,
             EventKind::Failed(err) => panic!("{err}"),
         }
     };
-    assert_eq!(reason, FinishReason::Cancelled);
-    assert!(after <= 2, "{after} tokens after the cancel");
+    assert_eq!(done.reason, FinishReason::Cancelled);
+    assert!(done.generated_tokens < 4000);
     assert_eq!(collect(&next).0, want[0]);
     // Dropping a handle cancels too: the slot is free again for the next request.
-    drop(e.submit(req(prompt(10, 3), greedy(80))).unwrap());
+    drop(e.submit(req(prompt(10, 3), greedy(4000))).unwrap());
     let last = req(prompt(8, 4), greedy(5));
     let want = solo(&Model::MetaF32, std::slice::from_ref(&last));
     assert_eq!(collect(&e.submit(last).unwrap()).0, want[0]);

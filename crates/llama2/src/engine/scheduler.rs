@@ -301,3 +301,120 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panic".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::engine::sequence::{Event, SeqOptions};
+    use crate::model::KvType;
+
+    /// A scheduler over the tiny fixture model with `slots` slots, stepped by hand.
+    fn scheduler(slots: usize) -> Scheduler {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        let mut loaded = crate::loader::load_model(
+            &root.join("models/tiny-gqa/meta"),
+            Some(&root.join("tokenizer/tokenizer.model")),
+        )
+        .unwrap();
+        let w = &mut loaded.weights;
+        let model = Transformer::from_tensors(&w.args, w.vocab_size, &mut w.tensors).unwrap();
+        let kv = KvPool::new(&w.args, slots, 64, KvType::F32).unwrap();
+        let eos = vec![loaded.tokenizer.eos_id()];
+        Scheduler::new(
+            Arc::new(model),
+            WorkerPool::new(1).unwrap(),
+            Arc::new(loaded.tokenizer),
+            eos,
+            kv,
+            512,
+            Arc::new(EngineGauges::default()),
+        )
+    }
+
+    fn sequence(
+        s: &Scheduler,
+        prompt_len: u32,
+        max_tokens: usize,
+    ) -> (Sequence, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel();
+        let opts = SeqOptions {
+            max_tokens: Some(max_tokens),
+            ignore_eos: true,
+            ..SeqOptions::default()
+        };
+        let params = opts.validate().unwrap();
+        let prompt: Vec<u32> = (0..prompt_len).map(|i| 1 + i * 7 % 200).collect();
+        let ctx = s.kv.ctx();
+        let cancel = Arc::new(AtomicBool::new(false));
+        (Sequence::new(0, prompt, opts, params, ctx, tx, cancel), rx)
+    }
+
+    fn tokens_then_end(rx: &mpsc::Receiver<Event>) -> (usize, Option<FinishReason>) {
+        let mut n = 0;
+        for ev in rx.try_iter() {
+            match ev.kind {
+                EventKind::Token(_) => n += 1,
+                EventKind::Done(f) => return (n, Some(f.reason)),
+                EventKind::Failed(e) => panic!("{e}"),
+            }
+        }
+        (n, None)
+    }
+
+    #[test]
+    fn a_cancelled_sequence_leaves_at_the_next_step_and_its_slot_is_taken_then() {
+        let mut s = scheduler(1);
+        let (a, a_rx) = sequence(&s, 6, 40);
+        let a_cancel = Arc::clone(&a.cancel);
+        let (b, b_rx) = sequence(&s, 5, 3);
+        s.enqueue(a);
+        s.enqueue(b);
+        for _ in 0..3 {
+            assert!(s.step());
+        }
+        assert_eq!(tokens_then_end(&a_rx), (3, None));
+        assert_eq!(s.gauges.waiting.load(Relaxed), 1, "one slot: b waits");
+        a_cancel.store(true, Relaxed);
+        assert!(s.step());
+        // a ended without another token, b took the slot and prefilled in that step.
+        assert_eq!(tokens_then_end(&a_rx), (0, Some(FinishReason::Cancelled)));
+        assert_eq!(tokens_then_end(&b_rx), (1, None));
+        assert_eq!(s.gauges.running.load(Relaxed), 1);
+        assert_eq!(s.gauges.waiting.load(Relaxed), 0);
+        s.step();
+        s.step();
+        assert_eq!(tokens_then_end(&b_rx), (2, Some(FinishReason::Length)));
+        assert!(!s.has_work());
+    }
+
+    #[test]
+    fn a_dropped_receiver_cancels_its_sequence() {
+        let mut s = scheduler(1);
+        let (a, a_rx) = sequence(&s, 4, 40);
+        s.enqueue(a);
+        s.step();
+        drop(a_rx);
+        s.step(); // the send fails: the sequence is marked cancelled
+        s.step(); // and retired
+        assert!(!s.has_work());
+    }
+
+    #[test]
+    fn long_prompts_are_prefilled_in_pieces_of_the_step_budget() {
+        let mut s = scheduler(2);
+        s.step_tokens = 8;
+        let (a, a_rx) = sequence(&s, 20, 2);
+        s.enqueue(a);
+        // 20 prompt tokens: 8 + 8 + 4, the first token sampled at the third step.
+        s.step();
+        s.step();
+        assert_eq!(tokens_then_end(&a_rx), (0, None));
+        s.step();
+        assert_eq!(tokens_then_end(&a_rx), (1, None));
+    }
+}
