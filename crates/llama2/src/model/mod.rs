@@ -420,19 +420,24 @@ impl Transformer {
 /// Elements per parallel task of the SwiGLU step.
 const SWIGLU_CHUNK: usize = 1024;
 
-/// `f(t, row)` for every `width`-long row `t` of `data`: on the pool's workers when
-/// there are several rows (a prompt), inline for one (a decode step, where meeting the
-/// workers would cost more than the work).
+/// Rows below which [`per_row`] runs inline: a decode step of a few sequences, where
+/// meeting the workers would cost more than the work.
+const INLINE_ROWS: usize = 16;
+
+/// `f(t, row)` for every `width`-long row `t` of `data`: on the pool's workers for many
+/// rows (a prompt), inline for a few (decode steps).
 fn per_row(
     pool: &WorkerPool,
     data: &mut [f32],
     width: usize,
     f: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) {
-    if data.len() > width {
+    if data.len() >= INLINE_ROWS * width {
         pool.for_each_chunk_mut(data, width, f);
-    } else if !data.is_empty() {
-        f(0, data);
+    } else {
+        for (t, row) in data.chunks_exact_mut(width).enumerate() {
+            f(t, row);
+        }
     }
 }
 
