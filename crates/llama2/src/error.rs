@@ -68,7 +68,7 @@ pub enum Error {
     InvalidArgument(String),
     /// A dialog breaks the chat format's role rules.
     #[error("{0}")]
-    Dialog(#[from] crate::chat::DialogError),
+    Dialog(#[from] crate::chat::dialog::DialogError),
 }
 
 /// Result alias used throughout the crate.

@@ -3,10 +3,10 @@
 //! as ids, so typed `<s>` stays text) and, in [`ChatTemplate`], Jinja templates that
 //! models ship.
 
+pub(crate) mod dialog;
 mod template;
 
-use serde::{Deserialize, Serialize};
-
+pub use dialog::{Dialog, DialogError, Message, Role};
 pub use template::{ChatTemplate, JinjaTemplate, CHATML};
 
 use crate::tokenizer::Tokenizer;
@@ -23,68 +23,6 @@ pub const E_SYS: &str = "\n<</SYS>>\n\n";
 pub const SPECIAL_TAGS: [&str; 4] = [B_INST, E_INST, "<<SYS>>", "<</SYS>>"];
 /// The reference's answer content for a dialog containing special tags.
 pub const UNSAFE_ERROR: &str = "Error: special tags are not allowed as part of the prompt.";
-
-/// Who wrote a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Instructions for the assistant (first message only).
-    System,
-    /// The human.
-    User,
-    /// The model.
-    Assistant,
-}
-
-impl Role {
-    /// The role's name as the reference spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
-    }
-}
-
-/// One chat message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    /// Author.
-    pub role: Role,
-    /// Text.
-    pub content: String,
-}
-
-impl Message {
-    /// A message from `role`.
-    pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Message {
-            role,
-            content: content.into(),
-        }
-    }
-}
-
-/// A conversation: optional system message, then user/assistant turns ending with user.
-pub type Dialog = Vec<Message>;
-
-/// Why a dialog cannot be formatted. Messages are the reference's assertion texts.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DialogError {
-    /// Roles do not go (system,) user, assistant, user, …
-    #[error("model only supports 'system', 'user' and 'assistant' roles, starting with 'system', then 'user' and alternating (u/a/u/a/u...)")]
-    RoleOrder,
-    /// The last message is not the user's.
-    #[error("Last message must be from user, got {}", .0.as_str())]
-    LastNotUser(Role),
-    /// No messages at all.
-    #[error("dialog is empty: it needs at least one user message")]
-    Empty,
-    /// A Jinja chat template failed to compile or render.
-    #[error("chat template: {0}")]
-    Template(String),
-}
 
 /// True when any message contains one of [`SPECIAL_TAGS`].
 pub fn has_special_tags(dialog: &[Message]) -> bool {
