@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use llama2::kernels::{matmul_with, quant, Matrix, Precision, WorkerPool};
+use llama2::kernels::{matmul_with, Matrix, Precision, WorkerPool};
+use llama2::quant;
 use llama2::tensor::{DType, Storage, Tensor};
 
 fn main() {

@@ -6,10 +6,11 @@ use std::path::Path;
 
 use crate::checkpoint::gguf::GgufValue;
 use crate::checkpoint::gguf_write::GgufWriter;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernels::quant;
 use crate::loader::LoadedModel;
-use crate::tensor::{DType, Storage, Tensor};
+use crate::quant;
+use crate::tensor::{Storage, Tensor};
 use crate::tokenizer::Tokenizer;
 
 /// Weight types the converter writes.

@@ -23,75 +23,8 @@ pub fn map_file(path: &Path) -> Result<Arc<Mmap>> {
     Ok(Arc::new(map))
 }
 
-/// Element type of stored weights: plain floats, or ggml's block-quantized types
-/// (a block of `block_size` values stored in `block_bytes` bytes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[allow(non_camel_case_types)] // ggml's names
-pub enum DType {
-    /// IEEE binary32.
-    F32,
-    /// IEEE binary16.
-    F16,
-    /// bfloat16 (the upper half of an f32).
-    BF16,
-    /// ggml Q8_0: 32 values, f16 scale + 32 × i8.
-    Q8_0,
-    /// ggml Q4_0: 32 values, f16 scale + 32 × 4-bit (offset 8).
-    Q4_0,
-    /// ggml Q4_1: 32 values, f16 scale and minimum + 32 × 4-bit.
-    Q4_1,
-    /// ggml Q4_K: 256-value super-blocks, 6-bit sub-block scales and minimums.
-    Q4_K,
-    /// ggml Q5_K: as Q4_K with a fifth bit per value.
-    Q5_K,
-    /// ggml Q6_K: 256-value super-blocks, 6-bit values, 8-bit sub-block scales.
-    Q6_K,
-}
-
-impl DType {
-    /// Values per block (1 for plain floats).
-    pub fn block_size(self) -> usize {
-        match self {
-            DType::F32 | DType::F16 | DType::BF16 => 1,
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
-            DType::Q4_K | DType::Q5_K | DType::Q6_K => 256,
-        }
-    }
-
-    /// Bytes per block.
-    pub fn block_bytes(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-            DType::Q8_0 => 34,
-            DType::Q4_0 => 18,
-            DType::Q4_1 => 20,
-            DType::Q4_K => 144,
-            DType::Q5_K => 176,
-            DType::Q6_K => 210,
-        }
-    }
-
-    /// True for the block-quantized types.
-    pub fn is_quantized(self) -> bool {
-        self.block_size() > 1
-    }
-
-    /// Bytes per element of a plain float type (the block size for quantized types:
-    /// use [`DType::row_bytes`] for those).
-    pub fn size(self) -> usize {
-        self.block_bytes()
-    }
-
-    /// Bytes holding `n` consecutive values, or `None` when `n` is not a whole number
-    /// of blocks (or the size overflows).
-    pub fn row_bytes(self, n: usize) -> Option<usize> {
-        if !n.is_multiple_of(self.block_size()) {
-            return None;
-        }
-        (n / self.block_size()).checked_mul(self.block_bytes())
-    }
-}
+/// The element type, re-exported where tensors are (its facts live in [`crate::dtype`]).
+pub use crate::dtype::DType;
 
 /// Where a tensor's bytes live.
 #[derive(Clone, Debug)]
@@ -171,7 +104,7 @@ impl Tensor {
     /// All elements converted to f32 (exact for every supported dtype).
     pub fn to_f32_vec(&self) -> Vec<f32> {
         let mut out = vec![0.0; self.numel()];
-        crate::kernels::convert::to_f32(self.dtype, self.bytes(), &mut out);
+        crate::quant::to_f32(self.dtype, self.bytes(), &mut out);
         out
     }
 }

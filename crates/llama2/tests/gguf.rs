@@ -12,8 +12,8 @@ use llama2::checkpoint::gguf::{gguf_model_weights, load_gguf, GgufFile, GgufValu
 use llama2::checkpoint::gguf_write::GgufWriter;
 use llama2::checkpoint::load_meta_checkpoint;
 use llama2::error::Error;
-use llama2::kernels::quant::{dequantize, quantize};
 use llama2::model::Transformer;
+use llama2::quant::{dequantize, quantize};
 use llama2::tensor::{DType, Storage};
 use serde_json::Value;
 
@@ -800,7 +800,7 @@ fn quant_reference_vectors() {
         }
         // The kernel used by the model (via convert) agrees.
         let mut via_convert = vec![0.0f32; n];
-        llama2::kernels::convert::to_f32(dtype, &q, &mut via_convert);
+        llama2::quant::to_f32(dtype, &q, &mut via_convert);
         assert_eq!(via_convert, got);
         if !meta["input_f32_bits"].is_null() {
             let x: Vec<f32> = u32s(&meta["input_f32_bits"])

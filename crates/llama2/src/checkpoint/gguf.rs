@@ -29,8 +29,9 @@ use memmap2::Mmap;
 
 use super::ModelWeights;
 use crate::config::ModelArgs;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Storage, Tensor};
+use crate::tensor::{Storage, Tensor};
 
 /// The four bytes every GGUF file starts with.
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
@@ -206,33 +207,12 @@ fn value_type_name(code: u32) -> &'static str {
 
 /// The ggml type id of a [`DType`] (as written in GGUF tensor infos).
 pub fn ggml_type_id(dtype: DType) -> u32 {
-    match dtype {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        DType::Q4_0 => 2,
-        DType::Q4_1 => 3,
-        DType::Q8_0 => 8,
-        DType::Q4_K => 12,
-        DType::Q5_K => 13,
-        DType::Q6_K => 14,
-        DType::BF16 => 30,
-    }
+    dtype.info().ggml_id
 }
 
 /// The [`DType`] of a ggml type id, `None` for types llama2 does not support.
 pub fn dtype_from_ggml(id: u32) -> Option<DType> {
-    Some(match id {
-        0 => DType::F32,
-        1 => DType::F16,
-        2 => DType::Q4_0,
-        3 => DType::Q4_1,
-        8 => DType::Q8_0,
-        12 => DType::Q4_K,
-        13 => DType::Q5_K,
-        14 => DType::Q6_K,
-        30 => DType::BF16,
-        _ => return None,
-    })
+    DType::from_ggml(id)
 }
 
 /// ggml's name of a type id (`"Q5_0"`, `"IQ4_XS"`, ...), `None` for ids ggml does not

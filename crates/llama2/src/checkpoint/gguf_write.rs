@@ -15,8 +15,9 @@ use std::io::Write;
 use std::path::Path;
 
 use super::gguf::{ggml_type_id, GgufValue, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 /// Where a tensor's bytes come from.
 enum Data<'a> {

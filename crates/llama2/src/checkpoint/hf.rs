@@ -12,8 +12,9 @@ use serde_json::Value;
 
 use super::ModelWeights;
 use crate::config::ModelArgs;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::tensor::{map_file, DType, Storage, Tensor};
+use crate::tensor::{map_file, Storage, Tensor};
 
 /// `config.json` of a Llama-architecture model (transformers 4.x and 5.x spellings).
 #[derive(Clone, Debug, Deserialize)]

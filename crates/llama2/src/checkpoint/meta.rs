@@ -348,7 +348,7 @@ fn validate(dir: &Path, args: &ModelArgs, tensors: &HashMap<String, Tensor>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::DType;
+    use crate::dtype::DType;
 
     fn owned(shape: &[usize], bytes: Vec<u8>) -> Tensor {
         Tensor {

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::tensor::DType;
+use crate::dtype::DType;
 
 /// Maximum number of values on the unpickler stack.
 const MAX_STACK: usize = 1 << 20;

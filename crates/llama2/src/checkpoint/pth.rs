@@ -261,7 +261,7 @@ fn tensor_range(r: &TensorRef, record_len: usize) -> Result<(usize, usize), Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::DType;
+    use crate::dtype::DType;
 
     fn tref(shape: &[usize], stride: &[usize], offset: usize, numel: usize) -> TensorRef {
         TensorRef {

@@ -16,9 +16,9 @@
 //! path gives the same bits (tested).
 
 use super::qdot::{hsum8, round_half_even};
-use super::quant::f16_at;
 use super::IntSimd as Simd;
-use crate::tensor::DType;
+use crate::dtype::DType;
+use crate::quant::f16_at;
 
 /// Values per K-quant super-block (and per 8-bit activation block here).
 pub const QK_K: usize = 256;
@@ -53,7 +53,7 @@ pub struct Q8KBlock {
 
 /// True for the types these kernels multiply.
 pub fn supports(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K)
+    dtype.kernel() == crate::dtype::KernelFamily::KQuant
 }
 
 /// Quantizes `x` (a whole number of 256-value blocks) as ggml's
@@ -568,7 +568,6 @@ unsafe fn row_kernel<const K: u8, const T: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::quant;
     use crate::kernels::test_values as values;
     use half::f16;
 
@@ -629,7 +628,7 @@ mod tests {
         for j in 0..8 {
             assert_eq!(
                 (sc[j], mn[j]),
-                quant::scale_min_k4(j, &packed),
+                crate::quant::scale_min_k4(j, &packed),
                 "sub-block {j}"
             );
         }
@@ -651,7 +650,7 @@ mod tests {
                 })
                 .collect();
             let mut w = vec![0.0f32; nb * QK_K];
-            quant::dequantize(dtype, &row, &mut w);
+            crate::quant::dequantize(dtype, &row, &mut w);
             for a in &acts {
                 let exact: f64 = a
                     .iter()

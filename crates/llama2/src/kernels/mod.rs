@@ -14,14 +14,14 @@ pub mod kquant;
 pub mod packed;
 pub mod pool;
 pub mod qdot;
-pub mod quant;
 
 pub use dot::{dot, dot_scalar, Isa};
 pub use pool::{default_threads, WorkerPool};
 
 use std::sync::{Arc, OnceLock};
 
-use crate::tensor::{DType, Tensor};
+use crate::dtype::{DType, KernelFamily};
+use crate::tensor::Tensor;
 
 /// A 2-D weight matrix `[rows, cols]` (PyTorch `nn.Linear` layout: one row per output).
 #[derive(Clone, Debug)]
@@ -66,19 +66,17 @@ impl Matrix {
     fn repacked(&self, pool: &WorkerPool) -> &Repacked {
         self.repacked.get_or_init(|| {
             let (dtype, bytes) = (self.dtype(), self.tensor.bytes());
-            let packed = packed::supports(dtype)
-                .then(|| packed::PackedMatrix::pack(dtype, bytes, self.rows, self.cols, pool))
-                .flatten();
-            let repacked = match packed {
-                Some(p) => Repacked::Interleaved(p),
-                None if dtype == DType::Q4_1 => {
+            let repacked = match dtype.kernel() {
+                KernelFamily::Interleaved8 => {
+                    packed::PackedMatrix::pack(dtype, bytes, self.rows, self.cols, pool)
+                        .map_or(Repacked::None, Repacked::Interleaved)
+                }
+                KernelFamily::Interleaved4 => {
                     qdot::InterleavedQ4_1::pack(bytes, self.rows, self.cols, pool)
                         .map_or(Repacked::None, Repacked::Q4_1)
                 }
-                None if kquant::supports(dtype) && self.cols.is_multiple_of(kquant::QK_K) => {
-                    Repacked::KQuant
-                }
-                None => Repacked::None,
+                KernelFamily::KQuant if self.cols.is_multiple_of(kquant::QK_K) => Repacked::KQuant,
+                _ => Repacked::None,
             };
             if matches!(repacked, Repacked::Interleaved(_) | Repacked::Q4_1(_)) {
                 self.tensor.storage.release_pages();
@@ -97,7 +95,7 @@ impl Matrix {
 
     /// Row `r` converted to f32 into `out` (`cols` long).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
-        convert::to_f32(self.dtype(), self.row_bytes(r, r + 1), out);
+        crate::quant::to_f32(self.dtype(), self.row_bytes(r, r + 1), out);
     }
 }
 
@@ -344,7 +342,7 @@ fn float_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut)
     let mut r = r0;
     while r < r1 {
         let nb = ROW_BLOCK.min(r1 - r);
-        convert::to_f32(w.dtype(), w.row_bytes(r, r + nb), &mut wbuf[..nb * cols]);
+        crate::quant::to_f32(w.dtype(), w.row_bytes(r, r + nb), &mut wbuf[..nb * cols]);
         for t in 0..io.n {
             let xt = &io.x[t * cols..(t + 1) * cols];
             dot::dot_rows(io.isa, &wbuf[..nb * cols], cols, xt, &mut res[..nb]);

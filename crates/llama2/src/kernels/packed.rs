@@ -20,9 +20,9 @@
 
 use super::pool::WorkerPool;
 use super::qdot::{Q8Block, QK};
-use super::quant::f16_at;
 use super::IntSimd as Simd;
-use crate::tensor::DType;
+use crate::dtype::DType;
+use crate::quant::f16_at;
 
 /// Rows per interleaved group.
 pub const GROUP: usize = 8;
@@ -31,7 +31,7 @@ pub const MAX_TOKENS: usize = 4;
 
 /// True for the weight types stored interleaved for the integer kernels.
 pub fn supports(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_0 | DType::Q8_0)
+    dtype.kernel() == crate::dtype::KernelFamily::Interleaved8
 }
 
 /// Quant bytes per block of one row.
@@ -472,7 +472,7 @@ unsafe fn group<const VNNI: bool, const Q4: bool, const T: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::{qdot, quant};
+    use crate::kernels::qdot;
 
     use crate::kernels::test_values as values;
 
@@ -484,7 +484,7 @@ mod tests {
         for dtype in [DType::Q4_0, DType::Q8_0] {
             let (rows, cols) = (21, 32 * 19);
             let mut src = Vec::new();
-            quant::quantize(dtype, &values(rows * cols, 5), &mut src).unwrap();
+            crate::quant::quantize(dtype, &values(rows * cols, 5), &mut src).unwrap();
             let pool = WorkerPool::new(2).unwrap();
             let packed = PackedMatrix::pack(dtype, &src, rows, cols, &pool).unwrap();
             assert_eq!(packed.groups(), 3);
@@ -534,7 +534,7 @@ mod tests {
             }
             // The reference against f64 arithmetic on the dequantized values.
             let mut w = vec![0.0f32; cols];
-            quant::dequantize(dtype, &src[..row_bytes], &mut w);
+            crate::quant::dequantize(dtype, &src[..row_bytes], &mut w);
             let exact: f64 = w
                 .iter()
                 .enumerate()

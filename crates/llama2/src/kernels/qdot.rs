@@ -16,10 +16,10 @@
 use half::f16;
 
 use super::pool::WorkerPool;
-use super::quant::f16_at;
 use super::IntSimd as Simd;
 use super::SharedOut;
-use crate::tensor::DType;
+use crate::dtype::DType;
+use crate::quant::f16_at;
 
 /// Values per 8-bit activation block.
 pub const QK: usize = 32;
@@ -486,7 +486,6 @@ fn finish(lo: &[f32; 16], hi: &[f32; 16], summs: &[f32; 4], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::quant;
 
     use crate::kernels::test_values as values;
 
@@ -526,7 +525,7 @@ mod tests {
     fn interleaved_q4_1_matches_the_reference_bit_for_bit() {
         let (rows, cols) = (7, 32 * 37);
         let mut src = Vec::new();
-        quant::quantize(DType::Q4_1, &values(rows * cols, 100), &mut src).unwrap();
+        crate::quant::quantize(DType::Q4_1, &values(rows * cols, 100), &mut src).unwrap();
         let pool = WorkerPool::new(2).unwrap();
         let packed = InterleavedQ4_1::pack(&src, rows, cols, &pool).unwrap();
         assert!(InterleavedQ4_1::pack(&src[1..], rows, cols, &pool).is_none());
@@ -569,7 +568,7 @@ mod tests {
             }
         }
         let mut w = vec![0.0; cols];
-        quant::dequantize(DType::Q4_1, &src[..row_bytes], &mut w);
+        crate::quant::dequantize(DType::Q4_1, &src[..row_bytes], &mut w);
         let exact: f64 = w
             .iter()
             .zip(&xs[0])

@@ -1,5 +1,6 @@
-//! ggml block quantization formats: dequantization (bit-exact with ggml) and the
-//! reference quantizers used by the converter.
+//! ggml block quantization formats: conversion of stored rows to f32 (floats exactly,
+//! blocks dequantized bit-exact with ggml) and the reference quantizers used by the
+//! converter.
 //!
 //! Every function here follows ggml's `ggml-quants.c` operation for operation, in f32
 //! and in the same order (`dequantize_row_q8_0`, `dequantize_row_q4_K`, ...,
@@ -21,8 +22,8 @@
 
 use half::f16;
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::tensor::DType;
 
 /// Values per Q8_0 / Q4_0 / Q4_1 block.
 const QK: usize = 32;
@@ -33,6 +34,34 @@ const QK_K: usize = 256;
 #[inline(always)]
 pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// Converts `out.len()` elements of `dtype` from `bytes` into `out`.
+///
+/// `bytes` must hold at least `dtype.row_bytes(out.len())` bytes (for quantized types
+/// `out.len()` must be a whole number of blocks); alignment is not required.
+pub fn to_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    let n = out.len();
+    match dtype {
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4_K | DType::Q5_K | DType::Q6_K => {
+            dequantize(dtype, bytes, out)
+        }
+        DType::F32 => {
+            for (o, b) in out.iter_mut().zip(bytes[..n * 4].chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        DType::BF16 => {
+            for (o, b) in out.iter_mut().zip(bytes[..n * 2].chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+            }
+        }
+        DType::F16 => {
+            for (o, b) in out.iter_mut().zip(bytes[..n * 2].chunks_exact(2)) {
+                *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }
+        }
+    }
 }
 
 /// Dequantizes `out.len()` values of `dtype` from `bytes` into `out`.
@@ -47,7 +76,7 @@ pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
 /// before any row reaches this function.
 pub fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) {
     if !dtype.is_quantized() {
-        return super::convert::to_f32(dtype, bytes, out);
+        return to_f32(dtype, bytes, out);
     }
     let need = dtype.row_bytes(out.len());
     assert!(
@@ -187,7 +216,7 @@ fn dequant_q6_k(b: &[u8], y: &mut [f32]) {
 
 /// True for the types [`quantize`] can produce (Q8_0, Q4_0, Q4_1).
 pub fn can_quantize(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+    dtype.info().quantizable
 }
 
 /// Quantizes `values` to `dtype` with ggml's reference quantizer
@@ -372,5 +401,30 @@ mod tests {
         assert_eq!(scale_min_k4(0, &q), (1, 5));
         assert_eq!(scale_min_k4(4, &q), (0x9 | (3 << 4), 0xA | (1 << 4)));
         assert_eq!(scale_min_k4(7, &q), (0xD, 0));
+    }
+
+    #[test]
+    fn conversions_are_exact() {
+        let vals = [0.0f32, -1.5, 3.140625, 65504.0, -0.000061035156];
+        let mut bf = Vec::new();
+        let mut hf = Vec::new();
+        let mut f = Vec::new();
+        for v in vals {
+            bf.extend_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
+            hf.extend_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes());
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut out = [0.0f32; 5];
+        to_f32(DType::F32, &f, &mut out);
+        assert_eq!(out, vals);
+        to_f32(DType::F16, &hf, &mut out);
+        assert_eq!(out, vals);
+        to_f32(DType::BF16, &bf, &mut out);
+        let expect: Vec<f32> = vals
+            .iter()
+            .map(|v| half::bf16::from_f32(*v).to_f32())
+            .collect();
+        assert_eq!(out.to_vec(), expect);
+        assert_eq!(out[1], -1.5);
     }
 }
