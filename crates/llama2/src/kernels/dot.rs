@@ -4,51 +4,10 @@
 //! a sequential tail) compiled several times with different target features. Vector
 //! width changes speed, never the result: all paths are bit-identical.
 
+use super::Isa;
+
 /// Parallel accumulators per dot product.
 const LANES: usize = 16;
-
-/// Instruction set a kernel runs with, detected once at run time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
-    /// Whatever the compile target guarantees (SSE2 on x86-64, NEON on aarch64).
-    Baseline,
-    /// x86-64 AVX2.
-    Avx2,
-    /// x86-64 AVX-512F.
-    Avx512,
-}
-
-impl Isa {
-    /// The widest instruction set this CPU supports.
-    pub fn detect() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Baseline
-    }
-
-    /// Every instruction set usable on this CPU (for tests and benchmarks).
-    pub fn available() -> Vec<Isa> {
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-        let mut v = vec![Isa::Baseline];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                v.push(Isa::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                v.push(Isa::Avx512);
-            }
-        }
-        v
-    }
-}
 
 #[inline(always)]
 fn reduce(mut a: [f32; LANES]) -> f32 {
@@ -130,11 +89,11 @@ pub(crate) fn dot_rows(isa: Isa, w: &[f32], cols: usize, x: &[f32], res: &mut [f
     assert!(w.len() >= res.len() * cols && x.len() >= cols);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only produced by detection that found AVX2.
+        // SAFETY: `Isa::Avx2` and wider are only produced by detection that found AVX2.
         Isa::Avx2 => unsafe { dot_rows_avx2(w, cols, x, res) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced by detection that found AVX-512F.
-        Isa::Avx512 => unsafe { dot_rows_avx512(w, cols, x, res) },
+        // SAFETY: `Isa::Avx512*` are only produced by detection that found AVX-512F.
+        Isa::Avx512 | Isa::Avx512Vnni => unsafe { dot_rows_avx512(w, cols, x, res) },
         _ => dot_rows_any(w, cols, x, res),
     }
 }

@@ -16,7 +16,7 @@
 //! path gives the same bits (tested).
 
 use super::qdot::{hsum8, round_half_even};
-use super::IntSimd as Simd;
+use super::Isa;
 use crate::dtype::DType;
 use crate::quant::f16_at;
 
@@ -31,9 +31,9 @@ pub const MAX_TOKENS: usize = 8;
 /// build and the portable paths (Zen 3, 7B Q4_K_M prompt: 1.35x the speed of four,
 /// sixteen slower again), four for the AVX-512 build (measured on Zen 4 when it was
 /// written; eight there is untried).
-pub(super) fn tokens_per_call(simd: Option<Simd>) -> usize {
+pub(super) fn tokens_per_call(simd: Isa) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if simd == Some(Simd::Vnni) {
+    if simd == Isa::Avx512Vnni {
         return 4;
     }
     let _ = simd;
@@ -191,7 +191,7 @@ pub fn dot_reference(dtype: DType, row: &[u8], acts: &[Q8KBlock]) -> f32 {
 /// (AVX2, AVX-512 or NEON) where the CPU has it; every path gives the bits of
 /// [`dot_reference`].
 pub fn dot_row(dtype: DType, row: &[u8], acts: &[&[Q8KBlock]], use_simd: bool, out: &mut [f32]) {
-    dot_row_with(Simd::select(use_simd), dtype, row, acts, out)
+    dot_row_with(Isa::select(use_simd), dtype, row, acts, out)
 }
 
 /// One row against one token with NEON: the reference's eight integer lanes
@@ -286,7 +286,7 @@ unsafe fn row_neon(dtype: DType, row: &[u8], nb: usize, a: &[Q8KBlock]) -> f32 {
 
 /// [`dot_row`] with the kernel variant chosen by the caller.
 pub(super) fn dot_row_with(
-    simd: Option<Simd>,
+    simd: Isa,
     dtype: DType,
     row: &[u8],
     acts: &[&[Q8KBlock]],
@@ -299,33 +299,34 @@ pub(super) fn dot_row_with(
     let nb = row.len() / bb;
     assert!(acts.iter().all(|a| a.len() >= nb));
     #[cfg(target_arch = "x86_64")]
-    if let Some(simd) = simd {
-        let cap = tokens_per_call(Some(simd));
+    if simd.has_avx2() {
+        let cap = tokens_per_call(simd);
         if nt > cap {
-            dot_row_with(Some(simd), dtype, row, &acts[..cap], &mut out[..cap]);
-            dot_row_with(Some(simd), dtype, row, &acts[cap..], &mut out[cap..]);
+            dot_row_with(simd, dtype, row, &acts[..cap], &mut out[..cap]);
+            dot_row_with(simd, dtype, row, &acts[cap..], &mut out[cap..]);
             return;
         }
         macro_rules! go {
             ($k:expr) => {
-                // SAFETY: `simd` is only ever a kernel whose features `Simd::detect` (or
-                // `Simd::available`) found; the row holds `nb` whole super-blocks and
+                // SAFETY: `simd` comes from `Isa::detect`/`Isa::available`, so the CPU
+                // has its features: AVX2, FMA and F16C here (`has_avx2`), AVX-512 with
+                // VNNI for the `Avx512Vnni` arms; the row holds `nb` whole super-blocks and
                 // every activation row at least `nb` blocks (asserted above), which is
                 // all the kernel reads.
                 unsafe {
                     match (simd, nt) {
-                        (Simd::Avx2, 1) => row_avx2::<{ $k }, 1>(row, nb, acts, out),
-                        (Simd::Avx2, 2) => row_avx2::<{ $k }, 2>(row, nb, acts, out),
-                        (Simd::Avx2, 3) => row_avx2::<{ $k }, 3>(row, nb, acts, out),
-                        (Simd::Avx2, 4) => row_avx2::<{ $k }, 4>(row, nb, acts, out),
-                        (Simd::Avx2, 5) => row_avx2::<{ $k }, 5>(row, nb, acts, out),
-                        (Simd::Avx2, 6) => row_avx2::<{ $k }, 6>(row, nb, acts, out),
-                        (Simd::Avx2, 7) => row_avx2::<{ $k }, 7>(row, nb, acts, out),
-                        (Simd::Avx2, _) => row_avx2::<{ $k }, 8>(row, nb, acts, out),
-                        (Simd::Vnni, 1) => row_avx512::<{ $k }, 1>(row, nb, acts, out),
-                        (Simd::Vnni, 2) => row_avx512::<{ $k }, 2>(row, nb, acts, out),
-                        (Simd::Vnni, 3) => row_avx512::<{ $k }, 3>(row, nb, acts, out),
-                        (Simd::Vnni, _) => row_avx512::<{ $k }, 4>(row, nb, acts, out),
+                        (Isa::Avx512Vnni, 1) => row_avx512::<{ $k }, 1>(row, nb, acts, out),
+                        (Isa::Avx512Vnni, 2) => row_avx512::<{ $k }, 2>(row, nb, acts, out),
+                        (Isa::Avx512Vnni, 3) => row_avx512::<{ $k }, 3>(row, nb, acts, out),
+                        (Isa::Avx512Vnni, _) => row_avx512::<{ $k }, 4>(row, nb, acts, out),
+                        (_, 1) => row_avx2::<{ $k }, 1>(row, nb, acts, out),
+                        (_, 2) => row_avx2::<{ $k }, 2>(row, nb, acts, out),
+                        (_, 3) => row_avx2::<{ $k }, 3>(row, nb, acts, out),
+                        (_, 4) => row_avx2::<{ $k }, 4>(row, nb, acts, out),
+                        (_, 5) => row_avx2::<{ $k }, 5>(row, nb, acts, out),
+                        (_, 6) => row_avx2::<{ $k }, 6>(row, nb, acts, out),
+                        (_, 7) => row_avx2::<{ $k }, 7>(row, nb, acts, out),
+                        (_, _) => row_avx2::<{ $k }, 8>(row, nb, acts, out),
                     }
                 }
             };
@@ -338,7 +339,7 @@ pub(super) fn dot_row_with(
         return;
     }
     #[cfg(target_arch = "aarch64")]
-    if simd == Some(Simd::Neon) {
+    if simd == Isa::Neon {
         for (o, a) in out.iter_mut().zip(acts) {
             // SAFETY: the row holds `nb` whole super-blocks and the activation row at
             // least `nb` blocks (asserted above), which is all the kernel reads; NEON is
@@ -670,7 +671,7 @@ mod tests {
                     "{dtype:?}: {got} vs {exact}"
                 );
             }
-            let kernels = std::iter::once(None).chain(Simd::available().into_iter().map(Some));
+            let kernels = Isa::available();
             for simd in kernels {
                 for nt in 1..=MAX_TOKENS {
                     let a: Vec<&[Q8KBlock]> = acts[..nt].iter().map(Vec::as_slice).collect();

@@ -10,12 +10,14 @@
 
 pub mod convert;
 mod dot;
+mod isa;
 pub mod kquant;
 pub mod packed;
 pub mod pool;
 pub mod qdot;
 
-pub use dot::{dot, dot_scalar, Isa};
+pub use dot::{dot, dot_scalar};
+pub use isa::Isa;
 pub use pool::{default_threads, WorkerPool};
 
 use std::sync::{Arc, OnceLock};
@@ -111,64 +113,6 @@ enum Repacked {
     KQuant,
     /// Types the integer kernels do not take.
     None,
-}
-
-/// The SIMD variants of the integer kernels ([`packed`], [`qdot`], [`kquant`]); `None`
-/// where none applies and the portable kernels run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum IntSimd {
-    /// AVX2, FMA and F16C.
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    /// AVX2 plus AVX-512 (F, BW, VL) with VNNI (`vpdpbusd`).
-    #[cfg(target_arch = "x86_64")]
-    Vnni,
-    /// NEON (every aarch64 CPU has it): widening 8-bit multiplies, pairwise adds.
-    #[cfg(target_arch = "aarch64")]
-    Neon,
-}
-
-impl IntSimd {
-    /// The fastest variant this CPU runs.
-    fn detect() -> Option<IntSimd> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if !(has!("avx2") && has!("fma") && has!("f16c")) {
-                None
-            } else if has!("avx512vnni") && has!("avx512vl") && has!("avx512bw") {
-                Some(IntSimd::Vnni)
-            } else {
-                Some(IntSimd::Avx2)
-            }
-        }
-        #[cfg(target_arch = "aarch64")]
-        return Some(IntSimd::Neon);
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        None
-    }
-
-    /// [`IntSimd::detect`] where `use_simd`, else `None` (the portable kernels).
-    fn select(use_simd: bool) -> Option<IntSimd> {
-        if use_simd {
-            IntSimd::detect()
-        } else {
-            None
-        }
-    }
-
-    /// Every variant this CPU runs, slowest first (what the tests compare).
-    #[cfg(test)]
-    fn available() -> Vec<IntSimd> {
-        #[cfg(target_arch = "x86_64")]
-        return match IntSimd::detect() {
-            None => Vec::new(),
-            Some(IntSimd::Avx2) => vec![IntSimd::Avx2],
-            Some(IntSimd::Vnni) => vec![IntSimd::Avx2, IntSimd::Vnni],
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        IntSimd::detect().into_iter().collect()
-    }
 }
 
 /// Rows handled together by one micro-kernel call (shares each activation load).
@@ -276,7 +220,6 @@ pub fn matmul_group(
     };
     let io = Inputs {
         isa: Isa::detect(),
-        int_simd: IntSimd::detect(),
         x,
         cols,
         n,
@@ -319,8 +262,6 @@ struct Plan<'a> {
 struct Inputs<'a> {
     /// The instruction set, detected once per operation.
     isa: Isa,
-    /// The SIMD integer kernel variant, detected once per operation.
-    int_simd: Option<IntSimd>,
     x: &'a [f32],
     cols: usize,
     /// Activation rows (tokens).
@@ -361,7 +302,7 @@ fn float_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut)
 /// [`kquant::tokens_per_call`] at a time.
 fn kquant_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut) {
     let (rows, n) = (w.rows, io.n);
-    let simd = io.int_simd;
+    let simd = io.isa;
     let per_call = kquant::tokens_per_call(simd);
     let mut res = [0.0f32; kquant::MAX_TOKENS];
     for t0 in (0..n).step_by(TOKEN_TILE) {
@@ -412,15 +353,9 @@ trait GroupKernel {
     const MAX_TOKENS: usize;
     fn rows(&self) -> usize;
     /// Group `g` against up to `MAX_TOKENS` tokens: `out[t * GROUP + r]`.
-    fn dot_group(
-        &self,
-        g: usize,
-        acts: &[&[qdot::Q8Block]],
-        simd: Option<IntSimd>,
-        out: &mut [f32],
-    );
+    fn dot_group(&self, g: usize, acts: &[&[qdot::Q8Block]], simd: Isa, out: &mut [f32]);
     /// Groups `g0..` against one token: `out[i]` for row `GROUP * g0 + i`.
-    fn dot_rows(&self, g0: usize, acts: &[qdot::Q8Block], simd: Option<IntSimd>, out: &mut [f32]);
+    fn dot_rows(&self, g0: usize, acts: &[qdot::Q8Block], simd: Isa, out: &mut [f32]);
 }
 
 /// The trait's methods are the types' own `*_with` methods.
@@ -432,22 +367,10 @@ macro_rules! group_kernel {
             fn rows(&self) -> usize {
                 self.rows()
             }
-            fn dot_group(
-                &self,
-                g: usize,
-                acts: &[&[qdot::Q8Block]],
-                simd: Option<IntSimd>,
-                out: &mut [f32],
-            ) {
+            fn dot_group(&self, g: usize, acts: &[&[qdot::Q8Block]], simd: Isa, out: &mut [f32]) {
                 self.dot_group_with(simd, g, acts, out)
             }
-            fn dot_rows(
-                &self,
-                g0: usize,
-                acts: &[qdot::Q8Block],
-                simd: Option<IntSimd>,
-                out: &mut [f32],
-            ) {
+            fn dot_rows(&self, g0: usize, acts: &[qdot::Q8Block], simd: Isa, out: &mut [f32]) {
                 self.dot_rows_with(simd, g0, acts, out)
             }
         }
@@ -488,7 +411,7 @@ const _: () = assert!(qdot::GROUP * qdot::MAX_TOKENS <= MAX_GROUP_TILE);
 /// `MAX_TOKENS` at a time, a tile of tokens at once.
 fn group_task<K: GroupKernel>(w: &K, io: &Inputs<'_>, g0: usize, g1: usize, out: SharedOut) {
     let (rows, n) = (w.rows(), io.n);
-    let simd = io.int_simd;
+    let simd = io.isa;
     if n == 1 {
         let (r0, r1) = (g0 * K::GROUP, (g1 * K::GROUP).min(rows));
         // SAFETY: rows `r0..r1` of the single output row are `out[r0..r1]`, inside the
@@ -666,8 +589,8 @@ pub fn attend(isa: Isa, q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut
         // SAFETY: `Isa::Avx2` comes only from detection that found AVX2.
         Isa::Avx2 => unsafe { attend_avx2(q, kv, scores, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` comes only from detection that found AVX-512F.
-        Isa::Avx512 => unsafe { attend_avx512(q, kv, scores, out) },
+        // SAFETY: `Isa::Avx512*` come only from detection that found AVX-512F and F16C.
+        Isa::Avx512 | Isa::Avx512Vnni => unsafe { attend_avx512(q, kv, scores, out) },
         _ => attend_generic(q, kv, scores, out),
     }
 }
@@ -689,17 +612,13 @@ pub fn attend_f16(
 ) {
     kv.check(q.len(), out);
     assert!(scratch.len() >= F16_BLOCK * q.len());
-    #[cfg(target_arch = "x86_64")]
-    let f16c = std::arch::is_x86_feature_detected!("f16c");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` comes only from detection that found AVX2; F16C was
-        // detected just above.
-        Isa::Avx2 if f16c => unsafe { attend_f16_avx2(q, kv, scores, scratch, out) },
+        // SAFETY: `Isa::Avx2` comes only from detection that found AVX2 and F16C.
+        Isa::Avx2 => unsafe { attend_f16_avx2(q, kv, scores, scratch, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` comes only from detection that found AVX-512F (which
-        // implies F16C).
-        Isa::Avx512 => unsafe { attend_f16_avx512(q, kv, scores, scratch, out) },
+        // SAFETY: `Isa::Avx512*` come only from detection that found AVX-512F and F16C.
+        Isa::Avx512 | Isa::Avx512Vnni => unsafe { attend_f16_avx512(q, kv, scores, scratch, out) },
         _ => attend_f16_with(q, kv, scores, scratch, out, dot4_generic, widen_generic),
     }
 }

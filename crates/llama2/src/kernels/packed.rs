@@ -20,7 +20,7 @@
 
 use super::pool::WorkerPool;
 use super::qdot::{Q8Block, QK};
-use super::IntSimd as Simd;
+use super::Isa;
 use crate::dtype::DType;
 use crate::quant::f16_at;
 
@@ -122,7 +122,7 @@ impl PackedMatrix {
     /// token `t`. `use_simd` selects the AVX2 (or AVX-512 VNNI) kernel where the CPU has
     /// it; every path gives the same bits as [`dot_reference`].
     pub fn dot_group(&self, g: usize, acts: &[&[Q8Block]], use_simd: bool, out: &mut [f32]) {
-        self.dot_group_with(Simd::select(use_simd), g, acts, out)
+        self.dot_group_with(Isa::select(use_simd), g, acts, out)
     }
 
     /// Dot products of groups `g0..` with one activation row (a decode step): rows
@@ -130,41 +130,30 @@ impl PackedMatrix {
     /// partial), each as [`dot_reference`]. One call covers a task's groups, so the
     /// per-call checks and dispatch are paid once.
     pub fn dot_rows(&self, g0: usize, acts: &[Q8Block], use_simd: bool, out: &mut [f32]) {
-        self.dot_rows_with(Simd::select(use_simd), g0, acts, out)
+        self.dot_rows_with(Isa::select(use_simd), g0, acts, out)
     }
 
-    pub(super) fn dot_rows_with(
-        &self,
-        simd: Option<Simd>,
-        g0: usize,
-        acts: &[Q8Block],
-        out: &mut [f32],
-    ) {
+    pub(super) fn dot_rows_with(&self, simd: Isa, g0: usize, acts: &[Q8Block], out: &mut [f32]) {
         let r0 = g0 * GROUP;
         assert!(r0 + out.len() <= self.rows && acts.len() >= self.nb);
         assert!(out.len().is_multiple_of(GROUP) || r0 + out.len() == self.rows);
         super::for_groups::<GROUP>(g0, out, |g, dst| self.dot_group_with(simd, g, &[acts], dst));
     }
 
-    pub(super) fn dot_group_with(
-        &self,
-        simd: Option<Simd>,
-        g: usize,
-        acts: &[&[Q8Block]],
-        out: &mut [f32],
-    ) {
+    pub(super) fn dot_group_with(&self, simd: Isa, g: usize, acts: &[&[Q8Block]], out: &mut [f32]) {
         let nt = acts.len();
         assert!(g < self.groups() && (1..=MAX_TOKENS).contains(&nt));
         assert!(out.len() >= nt * GROUP && acts.iter().all(|a| a.len() >= self.nb));
         let gb = Self::block_bytes(self.dtype);
         let blocks = &self.data[g * self.nb * gb..(g + 1) * self.nb * gb];
         #[cfg(target_arch = "x86_64")]
-        if let Some(simd) = simd {
+        if simd.has_avx2() {
             macro_rules! go {
                 ($f:ident, $q4:expr) => {
                     match nt {
-                        // SAFETY: `simd` is only ever a kernel whose features
-                        // `Simd::detect`/`Simd::available` found; `blocks` holds `nb` group
+                        // SAFETY: `simd` comes from `Isa::detect`/`Isa::available`:
+                        // AVX2, FMA and F16C here (`has_avx2`), VNNI for the VNNI
+                        // kernel; `blocks` holds `nb` group
                         // blocks and every activation row `nb` blocks (asserted above),
                         // which is all the kernel reads.
                         1 => unsafe { $f::<{ $q4 }, 1>(blocks, self.nb, acts, out) },
@@ -176,15 +165,15 @@ impl PackedMatrix {
             }
             let q4 = self.dtype == DType::Q4_0;
             match (simd, q4) {
-                (Simd::Vnni, true) => go!(group_vnni, true),
-                (Simd::Vnni, false) => go!(group_vnni, false),
-                (Simd::Avx2, true) => go!(group_avx2, true),
-                (Simd::Avx2, false) => go!(group_avx2, false),
+                (Isa::Avx512Vnni, true) => go!(group_vnni, true),
+                (Isa::Avx512Vnni, false) => go!(group_vnni, false),
+                (_, true) => go!(group_avx2, true),
+                (_, false) => go!(group_avx2, false),
             }
             return;
         }
         #[cfg(target_arch = "aarch64")]
-        if simd == Some(Simd::Neon) {
+        if simd == Isa::Neon {
             let scales = |b: usize| -> [f32; GROUP] {
                 std::array::from_fn(|r| f16_at(&blocks[b * gb..], 2 * r))
             };
@@ -499,8 +488,7 @@ mod tests {
             for nt in 1..=MAX_TOKENS {
                 let a: Vec<&[Q8Block]> = acts[..nt].iter().map(Vec::as_slice).collect();
                 for g in 0..packed.groups() {
-                    let kernels =
-                        std::iter::once(None).chain(Simd::available().into_iter().map(Some));
+                    let kernels = Isa::available();
                     for simd in kernels {
                         let mut out = vec![f32::NAN; nt * GROUP];
                         packed.dot_group_with(simd, g, &a, &mut out);

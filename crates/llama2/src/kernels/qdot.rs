@@ -16,7 +16,7 @@
 use half::f16;
 
 use super::pool::WorkerPool;
-use super::IntSimd as Simd;
+use super::Isa;
 use super::SharedOut;
 use crate::dtype::DType;
 use crate::quant::f16_at;
@@ -172,7 +172,7 @@ impl InterleavedQ4_1 {
     /// `t`. `use_simd` selects the AVX2 (or AVX-512 VNNI) kernel where the CPU has it;
     /// every path gives the bits of [`dot_q4_1_reference`].
     pub fn dot_group(&self, g: usize, acts: &[&[Q8Block]], use_simd: bool, out: &mut [f32]) {
-        self.dot_group_with(Simd::select(use_simd), g, acts, out)
+        self.dot_group_with(Isa::select(use_simd), g, acts, out)
     }
 
     /// Dot products of groups `g0..` with one activation row (a decode step): rows
@@ -180,47 +180,36 @@ impl InterleavedQ4_1 {
     /// partial), each as [`dot_q4_1_reference`]. One call covers a task's groups, so
     /// the per-call checks and dispatch are paid once.
     pub fn dot_rows(&self, g0: usize, acts: &[Q8Block], use_simd: bool, out: &mut [f32]) {
-        self.dot_rows_with(Simd::select(use_simd), g0, acts, out)
+        self.dot_rows_with(Isa::select(use_simd), g0, acts, out)
     }
 
-    pub(super) fn dot_rows_with(
-        &self,
-        simd: Option<Simd>,
-        g0: usize,
-        acts: &[Q8Block],
-        out: &mut [f32],
-    ) {
+    pub(super) fn dot_rows_with(&self, simd: Isa, g0: usize, acts: &[Q8Block], out: &mut [f32]) {
         let r0 = g0 * GROUP;
         assert!(r0 + out.len() <= self.rows);
         assert!(out.len().is_multiple_of(GROUP) || r0 + out.len() == self.rows);
         super::for_groups::<GROUP>(g0, out, |g, dst| self.dot_group_with(simd, g, &[acts], dst));
     }
 
-    pub(super) fn dot_group_with(
-        &self,
-        simd: Option<Simd>,
-        g: usize,
-        acts: &[&[Q8Block]],
-        out: &mut [f32],
-    ) {
+    pub(super) fn dot_group_with(&self, simd: Isa, g: usize, acts: &[&[Q8Block]], out: &mut [f32]) {
         let nt = acts.len();
         assert!(g < self.groups() && (1..=MAX_TOKENS).contains(&nt));
         assert!(out.len() >= nt * GROUP && acts.iter().all(|a| a.len() >= self.nb));
         let group = self.group(g);
         #[cfg(target_arch = "x86_64")]
-        if let Some(simd) = simd {
-            // SAFETY: `simd` is only ever a kernel whose features `Simd::detect` (or
-            // `Simd::available`) found; `group` holds `nb` blocks of the layout and each
+        if simd.has_avx2() {
+            // SAFETY: `simd` comes from `Isa::detect`/`Isa::available`, so the CPU has
+            // its features: AVX2, FMA and F16C here (`has_avx2`), AVX-512 with VNNI for
+            // the `Avx512Vnni` arms; `group` holds `nb` blocks of the layout and each
             // activation row `nb` blocks (asserted above), which is all the kernels read.
             unsafe {
                 match (simd, nt) {
-                    (Simd::Vnni, 1) => group_vnni::<1>(group, self.nb, acts, out),
-                    (Simd::Vnni, 2) => group_vnni::<2>(group, self.nb, acts, out),
-                    (Simd::Vnni, 3) => group_vnni::<3>(group, self.nb, acts, out),
-                    (Simd::Vnni, _) => group_vnni::<4>(group, self.nb, acts, out),
+                    (Isa::Avx512Vnni, 1) => group_vnni::<1>(group, self.nb, acts, out),
+                    (Isa::Avx512Vnni, 2) => group_vnni::<2>(group, self.nb, acts, out),
+                    (Isa::Avx512Vnni, 3) => group_vnni::<3>(group, self.nb, acts, out),
+                    (Isa::Avx512Vnni, _) => group_vnni::<4>(group, self.nb, acts, out),
                     // Two tokens at most per AVX2 pass (sixteen registers).
-                    (Simd::Avx2, 1) => group_avx2::<1>(group, self.nb, acts, out),
-                    (Simd::Avx2, _) => {
+                    (_, 1) => group_avx2::<1>(group, self.nb, acts, out),
+                    (_, _) => {
                         group_avx2::<2>(group, self.nb, &acts[..2], out);
                         match nt {
                             3 => group_avx2::<1>(group, self.nb, &acts[2..], &mut out[8..]),
@@ -233,7 +222,7 @@ impl InterleavedQ4_1 {
             return;
         }
         #[cfg(target_arch = "aarch64")]
-        if simd == Some(Simd::Neon) {
+        if simd == Isa::Neon {
             // SAFETY: `group` holds `nb` blocks of the layout and each activation row `nb`
             // blocks (asserted above), which is all the kernel reads; NEON is baseline.
             unsafe {
@@ -544,7 +533,7 @@ mod tests {
         let want = |r: usize, t: usize| {
             dot_q4_1_reference(&src[r * row_bytes..][..row_bytes], &acts[t]).to_bits()
         };
-        let kernels = std::iter::once(None).chain(Simd::available().into_iter().map(Some));
+        let kernels = Isa::available();
         for simd in kernels {
             for g in 0..packed.groups() {
                 for nt in 1..=MAX_TOKENS {
