@@ -688,10 +688,14 @@ impl Llama {
         let mut first_token: Option<Duration> = None;
         let (mut generated, mut reused) = (0, 0);
         let mut failure = None;
+        // After a `Break` the engine may already have sent more tokens: they were not
+        // seen by the caller, so they are not part of the answer.
+        let mut stopped = false;
         // The channel closes once every row has ended (each request's sender is dropped).
         while let Ok(ev) = rx.recv() {
             let row = ev.tag as usize;
             match ev.kind {
+                EventKind::Token(_) if stopped => {}
                 EventKind::Token(t) => {
                     first_token.get_or_insert_with(|| started.elapsed());
                     let r = &mut rows[row];
@@ -700,6 +704,7 @@ impl Llama {
                         r.logprobs.push(lp);
                     }
                     if on_token(row, &t).is_break() {
+                        stopped = true;
                         cancel_all(&cancels);
                     }
                 }
