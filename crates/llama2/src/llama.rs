@@ -725,6 +725,11 @@ impl Llama {
         if let Some(e) = failure {
             return Err(e);
         }
+        if rows.iter().any(|r| !r.done) {
+            return Err(Error::InvalidArgument(
+                "the engine stopped before the generation ended".into(),
+            ));
+        }
         let total = started.elapsed();
         let prefill = first_token.unwrap_or(total);
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = GenerationStats {

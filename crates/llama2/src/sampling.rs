@@ -67,6 +67,10 @@ impl Sampler {
             return argmax(logits);
         }
         let mut probs: Vec<f32> = logits.iter().map(|l| l / params.temperature).collect();
+        if !probs.iter().all(|p| p.is_finite()) {
+            // A temperature so small that the scaled logits overflow: the limit is greedy.
+            return argmax(logits);
+        }
         crate::kernels::softmax(&mut probs);
         let (ids, kept) = top_p_filter(&probs, params.top_p);
         let u = self.uniform() * kept.iter().map(|&p| p as f64).sum::<f64>();
@@ -262,6 +266,14 @@ mod tests {
         let draw = |mut s: Sampler| (0..40).map(|_| s.sample(&logits, p)).collect::<Vec<_>>();
         assert_eq!(draw(Sampler::with_stream(5, 0)), draw(Sampler::new(5)));
         assert_ne!(draw(Sampler::with_stream(5, 1)), draw(Sampler::new(5)));
+    }
+
+    #[test]
+    fn a_vanishing_temperature_is_greedy() {
+        let logits = [1.0f32, 3.0, 2.5, -4.0];
+        let p = SamplingParams::new(1e-39, 1.0).unwrap();
+        let mut s = Sampler::new(3);
+        assert!((0..20).all(|_| s.sample(&logits, p) == 1));
     }
 
     #[test]

@@ -352,6 +352,26 @@ fn invalid_requests_are_refused_before_scheduling() {
 }
 
 #[test]
+fn echo_logprobs_cover_the_prompt_even_with_nothing_to_generate() {
+    let llama = engine(&Model::MetaF32, 2, 5);
+    let p = prompt(14, 8);
+    let opts = |n| llama2::GenerationOptions {
+        temperature: 0.0,
+        max_gen_len: Some(n),
+        logprobs: true,
+        echo: true,
+        ..Default::default()
+    };
+    let none = llama.generate(std::slice::from_ref(&p), &opts(0)).unwrap();
+    let some = llama.generate(std::slice::from_ref(&p), &opts(3)).unwrap();
+    let lp = none[0].logprobs.as_ref().unwrap();
+    assert_eq!(none[0].tokens, p);
+    assert_eq!(lp.len(), p.len());
+    assert_eq!(lp[..], some[0].logprobs.as_ref().unwrap()[..p.len()]);
+    assert!(lp[1..].iter().all(|l| *l < 0.0));
+}
+
+#[test]
 fn f16_kv_reserves_half_of_f32() {
     let build = |t| {
         Llama::open(model_dir("tiny-gqa").join("gguf/tiny-gqa-q8_0.gguf"))

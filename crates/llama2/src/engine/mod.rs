@@ -4,8 +4,9 @@
 //! [`Engine`] runs a [`scheduler`] loop on its own thread, which owns the worker pool
 //! and the KV cache ([`crate::model::KvPool`]). Callers on any thread submit a
 //! [`Request`] with its own [`SeqOptions`] and receive [`Event`]s (tokens with text
-//! deltas, then the end) over a channel; a request's cancel flag, or dropping its
-//! receiver, retires it within one step. A greedy request gets the same tokens alone or
+//! deltas, then the end) over a channel; a request's cancel flag (set too when its
+//! [`RequestHandle`] is dropped) retires it within one step, and a receiver that went
+//! away is noticed at the next event sent to it. A greedy request gets the same tokens alone or
 //! in any batch, and a sampled one the same tokens for the same seed, because every
 //! kernel computes a row the same way whatever the batch and each request has its own
 //! sampler.
@@ -138,6 +139,13 @@ impl Engine {
     ) -> Result<Engine> {
         if config.threads == 0 {
             return Err(Error::InvalidArgument("threads must be at least 1".into()));
+        }
+        if tokenizer.n_words() != model.vocab_size() {
+            return Err(Error::InvalidArgument(format!(
+                "the tokenizer has {} pieces but the model's vocabulary has {} rows",
+                tokenizer.n_words(),
+                model.vocab_size()
+            )));
         }
         let kv = KvPool::new(model.args(), config.slots, config.ctx, config.kv_type)?;
         let kv_reserved = kv.reserved_bytes();
@@ -294,6 +302,10 @@ fn run(sched: &mut Scheduler, rx: &Receiver<Command>) {
                 }
             }
         }
-        sched.step();
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sched.step()));
+        if let Err(p) = stepped {
+            // A bug outside the forward pass: fail what was in flight, keep serving.
+            sched.fail_all(&scheduler::panic_message(&p));
+        }
     }
 }

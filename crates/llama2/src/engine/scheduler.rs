@@ -104,6 +104,21 @@ impl Scheduler {
         g.kv_used.store(used, Relaxed);
     }
 
+    /// Fails every waiting and running sequence (after a bug in a step) and empties every
+    /// slot, whose contents are then suspect.
+    pub fn fail_all(&mut self, msg: &str) {
+        for s in self.waiting.drain(..).chain(self.running.drain(..)) {
+            s.send(EventKind::Failed(Error::InvalidArgument(format!(
+                "the engine failed: {msg}"
+            ))));
+        }
+        for (i, st) in self.slots.iter_mut().enumerate() {
+            *st = SlotState::default();
+            self.kv.release(i);
+        }
+        self.publish();
+    }
+
     /// Ends cancelled sequences, waiting or running, and frees their slots.
     fn retire_cancelled(&mut self) {
         let tok = Arc::clone(&self.tokenizer);
@@ -118,7 +133,7 @@ impl Scheduler {
         let mut i = 0;
         while i < self.running.len() {
             if self.running[i].is_cancelled() {
-                let mut s = self.running.swap_remove(i);
+                let mut s = self.running.remove(i);
                 s.finish(FinishReason::Cancelled, &tok);
                 self.free_slot(&s);
             } else {
@@ -136,26 +151,27 @@ impl Scheduler {
         st.last_used = self.steps;
     }
 
-    /// Picks a slot for `prompt`: the free slot sharing the longest prefix with it, else
-    /// an empty one, else the least recently used. Returns (slot, reusable tokens).
+    /// Picks a slot for `prompt`: the free slot whose cached tokens it continues (at
+    /// least half of them shared: the same conversation, as llama.cpp's slot
+    /// similarity), the longest such prefix first; else an empty slot; else the least
+    /// recently used. Returns (slot, reusable tokens).
     fn pick_slot(&self, prompt: &[u32], reuse: bool) -> Option<(usize, usize)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.busy)
+        let free = || self.slots.iter().enumerate().filter(|(_, s)| !s.busy);
+        let continued = free()
+            .filter(|_| reuse)
             .map(|(i, s)| {
+                let same = s.cached.iter().zip(prompt).take_while(|(a, b)| a == b);
                 // At least one prompt token must run, to give the logits to sample from.
-                let common = if reuse {
-                    let same = s.cached.iter().zip(prompt).take_while(|(a, b)| a == b);
-                    same.count().min(prompt.len() - 1)
-                } else {
-                    0
-                };
-                let key = (common, s.cached.is_empty(), std::cmp::Reverse(s.last_used));
-                (key, i, common)
+                (i, same.count().min(prompt.len() - 1), s.cached.len())
             })
-            .max_by_key(|(key, i, _)| (*key, std::cmp::Reverse(*i)))
-            .map(|(_, i, common)| (i, common))
+            .filter(|&(_, common, cached)| common > 0 && 2 * common >= cached)
+            .max_by_key(|&(i, common, _)| (common, std::cmp::Reverse(i)));
+        if let Some((i, common, _)) = continued {
+            return Some((i, common));
+        }
+        free()
+            .min_by_key(|(i, s)| (!s.cached.is_empty(), s.last_used, *i))
+            .map(|(i, _)| (i, 0))
     }
 
     /// Moves waiting sequences into free slots, in arrival order.
@@ -177,12 +193,13 @@ impl Scheduler {
     pub fn step(&mut self) -> bool {
         self.retire_cancelled();
         self.admit();
-        // A prompt that fills the context has nothing to generate.
+        // A prompt that fills the context has nothing to generate (unless its prompt
+        // log-probabilities are wanted: it runs, then ends at its first sample).
         let tok = Arc::clone(&self.tokenizer);
         let mut i = 0;
         while i < self.running.len() {
-            if self.running[i].budget == 0 {
-                let mut s = self.running.swap_remove(i);
+            if self.running[i].budget == 0 && !self.running[i].opts.prompt_logprobs {
+                let mut s = self.running.remove(i);
                 s.finish(FinishReason::Length, &tok);
                 self.free_slot(&s);
             } else {
@@ -249,7 +266,7 @@ impl Scheduler {
             let mut failed: Vec<usize> = plan.iter().map(|p| p.0).collect();
             failed.sort_unstable();
             for &i in failed.iter().rev() {
-                let s = self.running.swap_remove(i);
+                let s = self.running.remove(i);
                 s.send(EventKind::Failed(Error::InvalidArgument(format!(
                     "the forward pass failed: {msg}"
                 ))));
@@ -281,7 +298,7 @@ impl Scheduler {
         }
         done.sort_unstable_by_key(|d| d.0);
         for &(i, reason) in done.iter().rev() {
-            let mut s = self.running.swap_remove(i);
+            let mut s = self.running.remove(i);
             s.finish(reason, &tok);
             self.free_slot(&s);
         }
@@ -295,7 +312,7 @@ impl Scheduler {
     }
 }
 
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
@@ -402,6 +419,40 @@ mod tests {
         s.step(); // the send fails: the sequence is marked cancelled
         s.step(); // and retired
         assert!(!s.has_work());
+    }
+
+    #[test]
+    fn an_unrelated_prompt_takes_an_empty_slot_not_a_cached_conversation() {
+        let mut s = scheduler(2);
+        let (a, _a_rx) = sequence(&s, 30, 2);
+        let a_prompt = a.tokens.clone();
+        s.enqueue(a);
+        while s.has_work() {
+            s.step();
+        }
+        let a_slot = (0..2).find(|&i| !s.slots[i].cached.is_empty()).unwrap();
+        // Shares only the first token (BOS-like) with the cached conversation.
+        let (mut b, _b_rx) = sequence(&s, 1, 2);
+        b.tokens = vec![a_prompt[0], 250, 251, 252];
+        b.prompt_len = b.tokens.len();
+        s.enqueue(b);
+        s.step();
+        assert_eq!(s.running[0].slot, 1 - a_slot);
+        assert_eq!(s.running[0].cached, 0);
+        // The conversation's next turn still finds its slot.
+        let (mut c, _c_rx) = sequence(&s, 1, 2);
+        c.tokens = a_prompt.clone();
+        c.tokens.extend([7, 8, 9]);
+        c.prompt_len = c.tokens.len();
+        s.enqueue(c);
+        s.step();
+        let c = s
+            .running
+            .iter()
+            .find(|r| r.prompt_len == a_prompt.len() + 3)
+            .unwrap();
+        assert_eq!(c.slot, a_slot);
+        assert!(c.cached >= a_prompt.len());
     }
 
     #[test]

@@ -179,6 +179,8 @@ pub(crate) struct Sequence {
     pub budget: usize,
     pub generated: usize,
     pub prompt_lp: Vec<f32>,
+    /// A `Failed` event was sent: nothing may follow it.
+    failed: bool,
 }
 
 impl Sequence {
@@ -210,6 +212,7 @@ impl Sequence {
             cached: 0,
             generated: 0,
             prompt_lp: Vec::new(),
+            failed: false,
         }
     }
 
@@ -272,6 +275,7 @@ impl Sequence {
             Ok(d) => d,
             Err(e) => {
                 self.send(EventKind::Failed(e));
+                self.failed = true;
                 return Some(FinishReason::Cancelled);
             }
         };
@@ -294,14 +298,21 @@ impl Sequence {
         }
     }
 
-    /// Reports the end of the sequence.
-    pub fn finish(&mut self, reason: FinishReason, tokenizer: &Tokenizer) {
+    /// Reports the end of the sequence (unless it failed: nothing follows `Failed`).
+    pub fn finish(&mut self, mut reason: FinishReason, tokenizer: &Tokenizer) {
+        if self.failed {
+            return;
+        }
         let mut text = String::new();
         if reason != FinishReason::Cancelled && !self.stop.stopped() {
             let rest = self.decoder.finish(tokenizer).unwrap_or_default();
-            let (t, _) = self.stop.push(&rest);
+            let (t, hit_stop) = self.stop.push(&rest);
             text = t;
-            text.push_str(&self.stop.finish());
+            if hit_stop {
+                reason = FinishReason::Stop;
+            } else {
+                text.push_str(&self.stop.finish());
+            }
         }
         let done = Finished {
             reason,

@@ -86,13 +86,13 @@ unsafe fn dot_rows_avx512(w: &[f32], cols: usize, x: &[f32], res: &mut [f32]) {
 
 /// `res[r] = dot(w[r*cols..(r+1)*cols], x)` for `r < res.len()`.
 pub(crate) fn dot_rows(isa: Isa, w: &[f32], cols: usize, x: &[f32], res: &mut [f32]) {
-    assert!(w.len() >= res.len() * cols && x.len() >= cols);
-    match isa {
+    assert!(res.len().checked_mul(cols).is_some_and(|n| w.len() >= n) && x.len() >= cols);
+    match isa.runnable() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` and wider are only produced by detection that found AVX2.
+        // SAFETY: `runnable` keeps `Isa::Avx2` only where detection found AVX2.
         Isa::Avx2 => unsafe { dot_rows_avx2(w, cols, x, res) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512*` are only produced by detection that found AVX-512F.
+        // SAFETY: `runnable` keeps `Isa::Avx512*` only where detection found AVX-512F.
         Isa::Avx512 | Isa::Avx512Vnni => unsafe { dot_rows_avx512(w, cols, x, res) },
         _ => dot_rows_any(w, cols, x, res),
     }

@@ -69,6 +69,18 @@ impl Isa {
         v
     }
 
+    /// `self` if this CPU runs it, else [`Isa::Baseline`]: what a public kernel taking
+    /// an `Isa` from its caller dispatches on, so no caller can select instructions the
+    /// CPU lacks.
+    pub fn runnable(self) -> Isa {
+        // Each variant includes the ones before it on its architecture.
+        if self as u8 <= Isa::detect() as u8 {
+            self
+        } else {
+            Isa::Baseline
+        }
+    }
+
     /// Whether the x86-64 AVX2 kernels may run (AVX2, FMA and F16C are there).
     pub fn has_avx2(self) -> bool {
         #[cfg(target_arch = "x86_64")]

@@ -571,7 +571,11 @@ pub struct KvHead<'a, T = f32> {
 impl<T> KvHead<'_, T> {
     fn check(&self, hd: usize, out: &[f32]) {
         assert!(self.len > 0);
-        let need = (self.len - 1) * self.stride + self.offset + hd;
+        let need = (self.len - 1)
+            .checked_mul(self.stride)
+            .and_then(|n| n.checked_add(self.offset))
+            .and_then(|n| n.checked_add(hd))
+            .expect("attention extent overflows");
         assert!(self.keys.len() >= need && self.values.len() >= need);
         assert!(out.len() == hd);
     }
@@ -584,12 +588,12 @@ impl<T> KvHead<'_, T> {
 /// lane-structured dot as everything else, so results do not depend on it).
 pub fn attend(isa: Isa, q: &[f32], kv: KvHead<'_>, scores: &mut [f32], out: &mut [f32]) {
     kv.check(q.len(), out);
-    match isa {
+    match isa.runnable() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` comes only from detection that found AVX2.
+        // SAFETY: `runnable` keeps `Isa::Avx2` only where detection found AVX2.
         Isa::Avx2 => unsafe { attend_avx2(q, kv, scores, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512*` come only from detection that found AVX-512F and F16C.
+        // SAFETY: `runnable` keeps `Isa::Avx512*` only where detection found AVX-512F, F16C.
         Isa::Avx512 | Isa::Avx512Vnni => unsafe { attend_avx512(q, kv, scores, out) },
         _ => attend_generic(q, kv, scores, out),
     }
@@ -612,12 +616,12 @@ pub fn attend_f16(
 ) {
     kv.check(q.len(), out);
     assert!(scratch.len() >= F16_BLOCK * q.len());
-    match isa {
+    match isa.runnable() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` comes only from detection that found AVX2 and F16C.
+        // SAFETY: `runnable` keeps `Isa::Avx2` only where detection found AVX2 and F16C.
         Isa::Avx2 => unsafe { attend_f16_avx2(q, kv, scores, scratch, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512*` come only from detection that found AVX-512F and F16C.
+        // SAFETY: `runnable` keeps `Isa::Avx512*` only where detection found AVX-512F, F16C.
         Isa::Avx512 | Isa::Avx512Vnni => unsafe { attend_f16_avx512(q, kv, scores, scratch, out) },
         _ => attend_f16_with(q, kv, scores, scratch, out, dot4_generic, widen_generic),
     }

@@ -2,8 +2,9 @@
 //!
 //! Each slot holds the keys and values of one sequence, up to the pool's context length,
 //! in every layer. A slot's memory is an anonymous mapping made when the slot is first
-//! written and unmapped when it is released, so slots not in use hold no memory, and
-//! positions not yet written are pages the system has not committed. Storage is f32 or
+//! written and unmapped when it is released, so a slot never used holds no memory, and
+//! positions not yet written are pages the system has not committed. (The engine keeps
+//! a finished sequence's slot mapped, with its tokens, for prefix reuse.) Storage is f32 or
 //! f16 ([`KvType`]); attention converts f16 to f32 exactly before the same arithmetic.
 
 use memmap2::MmapMut;
