@@ -326,6 +326,9 @@ fn kquant_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut
     }
 }
 
+/// Activation rows from which [`quantize_rows`] uses the workers.
+const QUANTIZE_ON_POOL_ROWS: usize = 16;
+
 /// Each activation row quantized to 8-bit blocks by `quantize`.
 fn quantize_rows<B: Send>(
     pool: &WorkerPool,
@@ -335,11 +338,14 @@ fn quantize_rows<B: Send>(
 ) -> Vec<Vec<B>> {
     let mut rows: Vec<Vec<B>> = (0..x.len() / cols).map(|_| Vec::new()).collect();
     let one = |t: usize, out: &mut [Vec<B>]| quantize(&x[t * cols..(t + 1) * cols], &mut out[0]);
-    if rows.len() > 1 {
+    if rows.len() >= QUANTIZE_ON_POOL_ROWS {
         // A prompt: rows on the workers (serial, this measured 8% of a prefill).
         pool.for_each_chunk_mut(&mut rows, 1, &one);
-    } else if !rows.is_empty() {
-        one(0, &mut rows);
+    } else {
+        // A decode step of a few sequences: meeting the workers would cost more.
+        for t in 0..rows.len() {
+            one(t, &mut rows[t..]);
+        }
     }
     rows
 }
