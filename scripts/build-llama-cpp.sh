@@ -16,7 +16,7 @@
 #      into target/llama.cpp/src and extracts it; llama.cpp is vendor/llama.cpp inside it.
 #   3. cmake: -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release
 #      (shared libs), and builds only: llama (libllama.so + ggml libs), llama-simple,
-#      llama-tokenize, llama-bench, llama-batched-bench, llama-quantize.
+#      llama-tokenize, llama-bench, llama-batched-bench, llama-quantize, llama-server.
 #   4. compiles scripts/llama_cpp_greedy.cpp against include/llama.h and libllama.so
 #      into <build>/bin/llama-cpp-greedy (rpath set, no LD_LIBRARY_PATH needed).
 #
@@ -93,7 +93,7 @@ CMAKE_ARGS=(
     -DLLAMA_BUILD_TESTS=OFF
     -DLLAMA_BUILD_EXAMPLES=ON
     -DLLAMA_BUILD_TOOLS=ON
-    -DLLAMA_BUILD_SERVER=OFF
+    -DLLAMA_BUILD_SERVER=ON
     -DBUILD_SHARED_LIBS=ON
     -DLLAMA_BUILD_NUMBER=0
     "-DLLAMA_BUILD_COMMIT=llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION"
@@ -108,12 +108,13 @@ else
     CMAKE_ARGS+=(-DCMAKE_C_COMPILER=gcc -DCMAKE_CXX_COMPILER=g++
                  "-DCMAKE_C_FLAGS=$EXTRA_FLAGS" "-DCMAKE_CXX_FLAGS=$EXTRA_FLAGS")
 fi
-if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
+if [ ! -f "$BUILD_DIR/CMakeCache.txt" ] ||
+   ! grep -q '^LLAMA_BUILD_SERVER:BOOL=ON' "$BUILD_DIR/CMakeCache.txt"; then
     log "configuring ($VARIANT) in $BUILD_DIR"
     cmake "${CMAKE_ARGS[@]}" >&2
 fi
 
-TARGETS=(llama llama-simple llama-tokenize llama-bench llama-batched-bench llama-quantize)
+TARGETS=(llama llama-simple llama-tokenize llama-bench llama-batched-bench llama-quantize llama-server)
 start=$(date +%s)
 log "building ${TARGETS[*]} with -j$JOBS"
 cmake --build "$BUILD_DIR" --config Release -j"$JOBS" --target "${TARGETS[@]}" >&2
@@ -134,6 +135,6 @@ fi
 log "build took $(( $(date +%s) - start )) s"
 
 echo "llama.cpp ($VARIANT build, llama-cpp-python $LLAMA_CPP_PYTHON_VERSION) binaries in $BUILD_DIR/bin:"
-for b in llama-simple llama-tokenize llama-bench llama-quantize llama-cpp-greedy libllama.so; do
+for b in llama-simple llama-tokenize llama-bench llama-batched-bench llama-quantize llama-server llama-cpp-greedy libllama.so; do
     [ -e "$BUILD_DIR/bin/$b" ] && echo "  $BUILD_DIR/bin/$b"
 done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: the Rust workspace, then the Python package (`llama`) built from
 # python/ into a virtual environment under target/ and tested with pytest on the
-# fixture checkpoints. Needs Rust and Python >= 3.9 (with venv and pip); the Python
+# fixture checkpoints, then `llama2 serve` driven by the official `openai` client
+# (tests/server, on the default model). Needs Rust and Python >= 3.9 (with venv and pip); the Python
 # build backend (maturin) and pytest come from PyPI. Where the aarch64 target, its
 # linker and qemu-user are present (`.ci/run` installs them), the kernel tests also run
 # as aarch64 code under emulation, so the NEON kernels are checked on x86 machines.
@@ -25,3 +26,8 @@ python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=21.3"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./python pytest
 "$venv/bin/python" -m pytest python/tests -q -p no:cacheprovider
+
+# The server tests start target/debug/llama2 on free loopback ports.
+cargo build -p llama2-cli
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai
+LLAMA2_BIN="$PWD/target/debug/llama2" "$venv/bin/python" -m pytest tests/server -q -p no:cacheprovider

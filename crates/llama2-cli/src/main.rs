@@ -1,5 +1,5 @@
-//! `llama2`: the command line. Subcommands: `complete`, `chat`, `tokenize`, `inspect`,
-//! `convert`, `bench`, `batched-bench`.
+//! `llama2`: the command line. Subcommands: `complete`, `chat`, `serve`, `tokenize`,
+//! `inspect`, `convert`, `bench`, `batched-bench`.
 //!
 //! Exit codes: 0 success, 2 bad input or usage (including clap's own errors),
 //! 3 a model or tokenizer file that cannot be loaded, 1 anything else.
@@ -17,6 +17,7 @@ use llama2::{Dialog, GenerationOptions, Llama, Message, Role, TemplateChoice, To
 mod batched_bench;
 mod bench;
 mod inspect;
+mod serve;
 
 #[derive(Parser)]
 #[command(name = "llama2", version, about = "Llama 2 family models on the CPU")]
@@ -31,6 +32,8 @@ enum Command {
     Complete(CompleteArgs),
     /// Answer dialogs (the reference's chat_completion), or chat interactively.
     Chat(ChatArgs),
+    /// Serve the OpenAI API (chat, completions, models, metrics) over HTTP.
+    Serve(serve::ServeArgs),
     /// Encode text to token ids, or decode ids to text.
     Tokenize(TokenizeArgs),
     /// Print a model's architecture, shapes, dtypes, tokenizer, template and size.
@@ -140,11 +143,22 @@ pub fn kv_summary(llama: &Llama) -> String {
     )
 }
 
+/// `--template` values.
 #[derive(Clone, Copy, ValueEnum)]
-enum TemplateArg {
+pub enum TemplateArg {
     Auto,
     Llama2,
     Chatml,
+}
+
+impl From<TemplateArg> for TemplateChoice {
+    fn from(t: TemplateArg) -> Self {
+        match t {
+            TemplateArg::Auto => TemplateChoice::Auto,
+            TemplateArg::Llama2 => TemplateChoice::Llama2,
+            TemplateArg::Chatml => TemplateChoice::ChatMl,
+        }
+    }
 }
 
 impl ModelArgs {
@@ -231,15 +245,17 @@ struct TokenizeArgs {
 }
 
 fn main() -> ExitCode {
-    // llama-batched-bench spells its flags with one dash (`-npp 128`): accept that too.
+    // llama.cpp spells some flags with one dash (`-npp 128`, `-np 4`): accept those too.
     let args = std::env::args_os().map(|a| match a.to_str() {
         Some(f @ ("-npp" | "-ntg" | "-npl")) => format!("-{f}").into(),
+        Some("-np") => "--parallel".into(),
         _ => a,
     });
     let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Complete(a) => complete(a),
         Command::Chat(a) => chat(a),
+        Command::Serve(a) => serve::run(a),
         Command::Tokenize(a) => tokenize(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert(a),
@@ -310,11 +326,7 @@ fn load(m: &ModelArgs, batch: usize) -> Result<Llama> {
     let start = std::time::Instant::now();
     let mut b = Llama::open(&path)
         .max_batch_size(m.max_batch_size.unwrap_or(batch.max(1)))
-        .template(match m.template {
-            TemplateArg::Auto => TemplateChoice::Auto,
-            TemplateArg::Llama2 => TemplateChoice::Llama2,
-            TemplateArg::Chatml => TemplateChoice::ChatMl,
-        });
+        .template(m.template.into());
     if let Some(t) = &m.tokenizer {
         b = b.tokenizer(t);
     }

@@ -16,7 +16,7 @@ pub mod sequence;
 pub mod stop;
 
 pub use sequence::{
-    Event, EventKind, FinishReason, Finished, SeqOptions, TokenOut, MAX_STOP_BYTES,
+    Event, EventKind, EventSink, FinishReason, Finished, SeqOptions, TokenOut, MAX_STOP_BYTES,
     MAX_STOP_STRINGS, MAX_TOP_LOGPROBS,
 };
 
@@ -204,8 +204,13 @@ impl Engine {
     }
 
     /// Checks `req` and queues it; events go to `events` tagged with `req.tag`. An
-    /// invalid request is refused here, before it is scheduled.
-    pub fn submit_to(&self, req: Request, events: Sender<Event>) -> Result<Arc<AtomicBool>> {
+    /// invalid request is refused here, before it is scheduled. Returns the request's
+    /// cancel flag.
+    pub fn submit_to(
+        &self,
+        req: Request,
+        events: impl EventSink + 'static,
+    ) -> Result<Arc<AtomicBool>> {
         let params = req.options.validate()?;
         let ctx = self.config.ctx;
         let n_words = self.model.vocab_size();
@@ -229,7 +234,7 @@ impl Engine {
             req.options,
             params,
             ctx,
-            events,
+            Box::new(events),
             Arc::clone(&cancel),
         );
         self.send(Command::Submit(Box::new(seq)))?;

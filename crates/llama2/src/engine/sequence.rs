@@ -155,11 +155,31 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+/// Where a request's events go: a standard channel, or anything else that can take them
+/// from the engine thread without blocking (an async channel in a server).
+pub trait EventSink: Send {
+    /// Delivers one event; `false` when nobody listens any more (the request is then
+    /// cancelled).
+    fn deliver(&self, event: Event) -> bool;
+}
+
+impl EventSink for Sender<Event> {
+    fn deliver(&self, event: Event) -> bool {
+        self.send(event).is_ok()
+    }
+}
+
+impl std::fmt::Debug for dyn EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventSink")
+    }
+}
+
 /// A request inside the engine, from admission to retirement.
 #[derive(Debug)]
 pub(crate) struct Sequence {
     pub tag: u64,
-    pub events: Sender<Event>,
+    pub events: Box<dyn EventSink>,
     pub cancel: Arc<AtomicBool>,
     pub opts: SeqOptions,
     params: SamplingParams,
@@ -191,7 +211,7 @@ impl Sequence {
         opts: SeqOptions,
         params: SamplingParams,
         ctx: usize,
-        events: Sender<Event>,
+        events: Box<dyn EventSink>,
         cancel: Arc<AtomicBool>,
     ) -> Sequence {
         let room = ctx.saturating_sub(prompt.len());
@@ -227,13 +247,10 @@ impl Sequence {
 
     /// Sends an event; `false` if the receiver is gone (the sequence is then cancelled).
     pub fn send(&self, kind: EventKind) -> bool {
-        let ok = self
-            .events
-            .send(Event {
-                tag: self.tag,
-                kind,
-            })
-            .is_ok();
+        let ok = self.events.deliver(Event {
+            tag: self.tag,
+            kind,
+        });
         if !ok {
             self.cancel.store(true, Ordering::Relaxed);
         }

@@ -1,0 +1,115 @@
+//! `llama2 serve`: flags, then the server of `llama2-server` on a tokio runtime.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use llama2_server::{ServerConfig, DEFAULT_BODY_LIMIT};
+
+use crate::{KvTypeArg, TemplateArg};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Model: a Meta checkpoint folder, a Hugging Face folder or a .gguf file
+    /// (default: SmolLM2-135M-Instruct, fetched on first use).
+    #[arg(long, short = 'm')]
+    model: Option<PathBuf>,
+    /// Tokenizer file when it is not beside the model.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Address to bind (loopback unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Slots: requests decoded together (llama-server's `-np` works too).
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Context (prompt + answer) of each slot; default: the model's, at most 4096.
+    #[arg(long, short = 'c')]
+    ctx_size: Option<usize>,
+    /// Worker threads (default: the physical cores).
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+    /// Requests that may wait for a slot; beyond them new requests get 503.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// API key clients must send as `Authorization: Bearer KEY` (all routes but /health).
+    #[arg(long, conflicts_with = "api_key_file")]
+    api_key: Option<String>,
+    /// File holding the API key (first line), so it stays out of the process list.
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
+    /// Chat format: the model's own template (auto), Llama 2's, or ChatML.
+    #[arg(long, value_enum, default_value_t = TemplateArg::Auto)]
+    template: TemplateArg,
+    /// KV cache type (default: f16 for quantized models, f32 otherwise).
+    #[arg(long, value_enum)]
+    kv_type: Option<KvTypeArg>,
+    /// Model name in answers and /v1/models (default: the file's stem).
+    #[arg(long)]
+    alias: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
+    max_body: usize,
+    /// Seconds to wait for open responses after SIGTERM or Ctrl-C.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace: u64,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    if a.parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
+    let api_key = match (&a.api_key, &a.api_key_file) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the API key from {}", f.display()))?;
+            let key = text.lines().next().unwrap_or("").trim().to_string();
+            if key.is_empty() {
+                bail!("{} holds no API key", f.display());
+            }
+            Some(key)
+        }
+        (None, None) => None,
+    };
+    if api_key.as_deref().is_some_and(str::is_empty) {
+        bail!("--api-key is empty");
+    }
+    let model_path = match &a.model {
+        Some(p) => p.clone(),
+        None => llama2_default_model::path_or_fetch()?,
+    };
+    let config = ServerConfig {
+        model_path,
+        tokenizer: a.tokenizer,
+        template: a.template.into(),
+        ctx_size: a.ctx_size,
+        parallel: a.parallel,
+        queue: a.queue,
+        threads: a.threads,
+        kv_type: a.kv_type.map(Into::into),
+        addr: SocketAddr::new(a.host, a.port),
+        api_key,
+        model_id: a.alias,
+        body_limit: a.max_body,
+        shutdown_grace: Duration::from_secs(a.shutdown_grace),
+    };
+    // The engine has its own worker threads; HTTP needs only a couple.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("llama2-http")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(llama2_server::serve(
+        config,
+        llama2_server::shutdown_signal(),
+    ))?;
+    eprintln!("llama2 serve: stopped");
+    Ok(())
+}
