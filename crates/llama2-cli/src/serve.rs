@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// KV cache type (default: f16 for quantized models, f32 otherwise).
     #[arg(long, value_enum)]
     kv_type: Option<KvTypeArg>,
+    /// Most tokens per engine step: every running request's next token, then pieces of
+    /// waiting prompts (smaller steps: steadier token times, later first tokens).
+    #[arg(long, short = 'b', default_value_t = 512)]
+    step_tokens: usize,
     /// Model name in answers and /v1/models (default: the file's stem).
     #[arg(long)]
     alias: Option<String>,
@@ -63,6 +67,9 @@ pub struct ServeArgs {
 pub fn run(a: ServeArgs) -> Result<()> {
     if a.parallel == 0 {
         bail!("--parallel must be at least 1");
+    }
+    if a.step_tokens == 0 {
+        bail!("--step-tokens must be at least 1");
     }
     let api_key = match (&a.api_key, &a.api_key_file) {
         (Some(k), _) => Some(k.clone()),
@@ -93,6 +100,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         queue: a.queue,
         threads: a.threads,
         kv_type: a.kv_type.map(Into::into),
+        step_tokens: Some(a.step_tokens),
         addr: SocketAddr::new(a.host, a.port),
         api_key,
         model_id: a.alias,

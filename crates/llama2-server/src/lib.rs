@@ -66,6 +66,9 @@ pub struct ServerConfig {
     pub threads: Option<usize>,
     /// KV cache type; `None`: f16 for quantized weights.
     pub kv_type: Option<KvType>,
+    /// Most tokens per engine step (decode tokens, then prompt pieces); `None`: the
+    /// library's default.
+    pub step_tokens: Option<usize>,
     /// Address to listen on.
     pub addr: SocketAddr,
     /// Key clients must send as `Authorization: Bearer KEY` (all routes but `/health`).
@@ -307,6 +310,9 @@ pub fn load(config: &ServerConfig) -> llama2::Result<Llama> {
     }
     if let Some(t) = config.kv_type {
         b = b.kv_type(t);
+    }
+    if let Some(n) = config.step_tokens {
+        b = b.step_tokens(n);
     }
     b.build()
 }

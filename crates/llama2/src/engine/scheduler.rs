@@ -368,7 +368,10 @@ mod tests {
         let prompt: Vec<u32> = (0..prompt_len).map(|i| 1 + i * 7 % 200).collect();
         let ctx = s.kv.ctx();
         let cancel = Arc::new(AtomicBool::new(false));
-        (Sequence::new(0, prompt, opts, params, ctx, Box::new(tx), cancel), rx)
+        (
+            Sequence::new(0, prompt, opts, params, ctx, Box::new(tx), cancel),
+            rx,
+        )
     }
 
     fn tokens_then_end(rx: &mpsc::Receiver<Event>) -> (usize, Option<FinishReason>) {
