@@ -117,6 +117,16 @@ def test_dropped_streams_free_their_slots(server):
     assert not [l for l in server.log if "panic" in l]
 
 
+def test_a_dropped_whole_request_frees_its_slot(server):
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(server.url + "/v1/completions", timeout=2, json={
+            "prompt": "Count:", "max_tokens": 900, "ignore_eos": True})
+    deadline = time.time() + 10
+    while running(server) > 0 and time.time() < deadline:
+        time.sleep(0.05)
+    assert running(server) == 0
+
+
 def post(server, body, path="/v1/chat/completions", **kw):
     if isinstance(body, (dict, list)):
         return httpx.post(server.url + path, json=body, **kw)
