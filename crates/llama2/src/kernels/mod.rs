@@ -8,6 +8,8 @@
 //! time; no fused multiply-add is used, which keeps every path bit-identical to the
 //! portable one (tested below).
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod convert;
 mod dot;
 mod isa;
@@ -194,11 +196,16 @@ pub fn matmul_group(
             Repacked::Q4_1(_) => qdot::GROUP,
             _ => 1,
         };
+        // A prompt's Q4_1 products go to the tile unit where there is one, by panels of
+        // 16 rows.
+        let amx = matches!(kind, Repacked::Q4_1(_)) && amx_eligible(n);
+        let group = if amx { AMX_PANEL } else { group };
         let units = w.rows.div_ceil(group);
         let per_task = (rows_per_task(w.rows, threads) / group).max(1);
         plans.push(Plan {
             w,
             kind,
+            amx,
             units,
             per_task,
             tasks: units.div_ceil(per_task),
@@ -218,6 +225,12 @@ pub fn matmul_group(
     } else {
         Vec::new()
     };
+    #[cfg(target_arch = "x86_64")]
+    let tiled = if plans.iter().any(|p| p.amx) {
+        amx::TiledActs::new(&acts, cols / qdot::QK)
+    } else {
+        amx::TiledActs::default()
+    };
     let io = Inputs {
         isa: Isa::detect(),
         x,
@@ -225,6 +238,8 @@ pub fn matmul_group(
         n,
         acts: &acts,
         acts_k: &acts_k,
+        #[cfg(target_arch = "x86_64")]
+        tiled: &tiled,
     };
     let total: usize = plans.iter().map(|p| p.tasks).sum();
     pool.run(total, &|mut task| {
@@ -237,6 +252,7 @@ pub fn matmul_group(
             let u1 = (u0 + plan.per_task).min(plan.units);
             match plan.kind {
                 Repacked::Interleaved(p) => group_task(p, &io, u0, u1, plan.out),
+                Repacked::Q4_1(p) if plan.amx => amx_task(p, &io, u0, u1, plan.out),
                 Repacked::Q4_1(p) => group_task(p, &io, u0, u1, plan.out),
                 Repacked::KQuant => kquant_task(plan.w, &io, u0, u1, plan.out),
                 Repacked::None => float_task(plan.w, &io, u0, u1, plan.out),
@@ -246,10 +262,46 @@ pub fn matmul_group(
     });
 }
 
+/// Rows per unit of an AMX product.
+#[cfg(target_arch = "x86_64")]
+const AMX_PANEL: usize = amx::PANEL_ROWS;
+#[cfg(not(target_arch = "x86_64"))]
+const AMX_PANEL: usize = 1;
+
+/// Whether a product of `n` activation rows takes the AMX kernel.
+fn amx_eligible(n: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        n >= amx::MIN_TOKENS && amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = n;
+        false
+    }
+}
+
+/// Panels `p0..p1` of a Q4_1 product on the tile unit.
+fn amx_task(w: &qdot::InterleavedQ4_1, io: &Inputs<'_>, p0: usize, p1: usize, out: SharedOut) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: plans take this path only when `amx::available()`; the output holds
+        // n * rows floats and tasks own disjoint panels (rows).
+        unsafe { amx::panels(w, io.tiled, p0, p1, out.0) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, io, p0, p1, out);
+        unreachable!("no AMX plans off x86-64");
+    }
+}
+
 /// One matrix of a [`matmul_group`]: how it is computed and split into tasks.
 struct Plan<'a> {
     w: &'a Matrix,
     kind: &'a Repacked,
+    /// Computed on the AMX tile unit (units are 16-row panels).
+    amx: bool,
     /// Rows, or groups of rows for the interleaved layout.
     units: usize,
     /// Units per task.
@@ -270,6 +322,9 @@ struct Inputs<'a> {
     acts: &'a [Vec<qdot::Q8Block>],
     /// Each row quantized to 256-value blocks (K-quant kernels only).
     acts_k: &'a [Vec<kquant::Q8KBlock>],
+    /// `acts` rearranged for the AMX tiles (AMX products only).
+    #[cfg(target_arch = "x86_64")]
+    tiled: &'a amx::TiledActs,
 }
 
 /// Tokens per tile: the tile's activations stay in L2 while a task's rows stream.

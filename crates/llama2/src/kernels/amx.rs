@@ -1,0 +1,420 @@
+//! Intel AMX (tile matrix multiply) products of interleaved Q4_1 weights with 8-bit
+//! activations, for batches of [`MIN_TOKENS`] or more tokens (prompts).
+//!
+//! One `tdpbsud` multiplies a tile of 16 tokens' signed 8-bit activations of one block
+//! (16 × 32 bytes) by that block of 16 weight rows as unsigned nibbles, in the
+//! instruction's four-byte-interleaved layout, giving each token's and row's exact
+//! integer block sum. Per block, AVX-512 then adds `d_w * d_a * sum + m_w * s_a` into f32
+//! accumulators (ggml's Q4_1 × Q8_1 formula). The integer sum is exact where the AVX2
+//! and VNNI kernels sum eight lane partials in f32, so results differ from theirs in the
+//! last bits (the test bounds the difference against the reference); llama.cpp's own AMX
+//! path differs from its AVX2 path the same way.
+//!
+//! Linux hands out the tile registers per process on request (`arch_prctl`); the request
+//! is made once, on the first [`available`] call. The AMX instructions are written as
+//! inline assembly: Rust's AMX intrinsics are not stable.
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use super::qdot::{InterleavedQ4_1, Q8Block, QK};
+
+/// Fewest tokens for which the AMX path is taken (one full tile).
+pub const MIN_TOKENS: usize = 16;
+/// Weight rows per tile (four interleaved Q4_1 groups).
+pub const PANEL_ROWS: usize = 16;
+/// Tokens per tile.
+const TILE_TOKENS: usize = 16;
+/// Bytes of one tile of activations or weights for one block.
+const TILE_BYTES: usize = 512;
+
+/// Whether this CPU and kernel let this process use AMX-INT8 (asked once).
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        if !(std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("f16c")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
+            return false;
+        }
+        let leaf7 = __cpuid_count(7, 0);
+        let amx_tile = leaf7.edx & (1 << 24) != 0;
+        let amx_int8 = leaf7.edx & (1 << 25) != 0;
+        amx_tile && amx_int8 && request_tile_data()
+    })
+}
+
+/// Asks Linux for the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`); `false` where refused or not Linux.
+fn request_tile_data() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const SYS_ARCH_PRCTL: i64 = 158;
+        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+        const XFEATURE_XTILEDATA: i64 = 18;
+        let ret: i64;
+        // SAFETY: the arch_prctl system call only changes this process's permissions;
+        // `syscall` clobbers rcx and r11, declared.
+        unsafe {
+            asm!(
+                "syscall",
+                inlateout("rax") SYS_ARCH_PRCTL => ret,
+                in("rdi") ARCH_REQ_XCOMP_PERM,
+                in("rsi") XFEATURE_XTILEDATA,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+/// Activations laid out for the tiles: per tile of 16 tokens and block, the tokens' 32
+/// bytes one after another (512 bytes), and their `d` and `s`. Tokens past the last are
+/// zero.
+#[derive(Debug, Default)]
+pub struct TiledActs {
+    /// Tokens.
+    pub n: usize,
+    nb: usize,
+    tiles: usize,
+    q: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+impl TiledActs {
+    /// Lays out `acts` (one row of at least `nb` blocks per token).
+    pub fn new(acts: &[Vec<Q8Block>], nb: usize) -> TiledActs {
+        let n = acts.len();
+        let tiles = n.div_ceil(TILE_TOKENS);
+        let mut q = vec![0i8; tiles * nb * TILE_BYTES];
+        let mut d = vec![0.0f32; tiles * nb * TILE_TOKENS];
+        let mut s = vec![0.0f32; tiles * nb * TILE_TOKENS];
+        for (t, row) in acts.iter().enumerate() {
+            let (tile, lane) = (t / TILE_TOKENS, t % TILE_TOKENS);
+            for (b, blk) in row[..nb].iter().enumerate() {
+                let at = tile * nb + b;
+                q[at * TILE_BYTES + QK * lane..][..QK].copy_from_slice(&blk.qs);
+                d[at * TILE_TOKENS + lane] = blk.d;
+                s[at * TILE_TOKENS + lane] = blk.s;
+            }
+        }
+        TiledActs {
+            n,
+            nb,
+            tiles,
+            q,
+            d,
+            s,
+        }
+    }
+}
+
+/// The tile shapes, twice (tmm0-2 and tmm3-5, for a pipeline of two blocks): activations
+/// (16 tokens × 32 bytes), weights (8 rows × 64 bytes: four bytes of each of 16 rows),
+/// sums (16 tokens × 16 int32).
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    fn new() -> TileConfig {
+        let mut c = [0u8; 64];
+        c[0] = 1; // palette 1
+        let mut set = |tmm: usize, rows: u8, colsb: u16| {
+            c[16 + 2 * tmm..18 + 2 * tmm].copy_from_slice(&colsb.to_le_bytes());
+            c[48 + tmm] = rows;
+        };
+        for base in [0, 3] {
+            set(base, TILE_TOKENS as u8, QK as u16);
+            set(base + 1, (QK / 4) as u8, 64);
+            set(base + 2, TILE_TOKENS as u8, 64);
+        }
+        TileConfig(c)
+    }
+}
+
+/// Rows `16 * p0 ..` (panels `p0..p1` of four groups; the matrix's last panel may be
+/// partial) against every token of `acts`, into `out[t * rows + r]`.
+///
+/// # Safety
+/// [`available`] must have returned true, and `out` must be valid for writes of
+/// `acts.n * w.rows()` floats, of which no other thread writes rows of these panels.
+pub unsafe fn panels(w: &InterleavedQ4_1, acts: &TiledActs, p0: usize, p1: usize, out: *mut f32) {
+    assert!(acts.nb == w.blocks() && p1 <= w.rows().div_ceil(PANEL_ROWS));
+    let cfg = TileConfig::new();
+    // SAFETY: the caller checked AMX; the configuration is a valid palette-1 layout.
+    asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+    let mut weights = Weights {
+        q: vec![Tile([0; TILE_BYTES]); acts.nb],
+        d: vec![[0.0; PANEL_ROWS]; acts.nb],
+        m: vec![[0.0; PANEL_ROWS]; acts.nb],
+    };
+    for p in p0..p1 {
+        weights.load(w, p);
+        for tile in 0..acts.tiles {
+            panel_tile(&weights, acts, tile, w.rows(), p, out);
+        }
+    }
+    // SAFETY: ends this thread's use of the tiles.
+    asm!("tilerelease", options(nostack, nomem));
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Tile([u8; TILE_BYTES]);
+
+/// One panel's weights in the tile layout, per block: `q[k / 4][4 * r + k % 4]` for row
+/// `r` and value `k` (unsigned nibbles), and the rows' scales and minimums.
+struct Weights {
+    q: Vec<Tile>,
+    d: Vec<[f32; PANEL_ROWS]>,
+    m: Vec<[f32; PANEL_ROWS]>,
+}
+
+impl Weights {
+    /// Lays out panel `p` of `w`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
+    unsafe fn load(&mut self, w: &InterleavedQ4_1, p: usize) {
+        let groups = w.groups();
+        let low = _mm512_set1_epi8(0x0f);
+        // Dword 4r + q (row r's values 4q..4q+3) to 4q + r: lane q holds the four rows.
+        let by_quad = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+        for b in 0..self.q.len() {
+            let mut lo = [_mm512_setzero_si512(); 4];
+            let mut hi = [_mm512_setzero_si512(); 4];
+            for k in 0..4 {
+                let g = 4 * p + k;
+                if g >= groups {
+                    // Past the last group: zero rows (never written out).
+                    self.d[b][4 * k..4 * k + 4].fill(0.0);
+                    self.m[b][4 * k..4 * k + 4].fill(0.0);
+                    continue;
+                }
+                let blk = w.group_block(g, b);
+                // SAFETY: a group block is 80 bytes: 64 of quants (row r's 16 at 16r; byte
+                // j holds values j and j + 16), then 4 f16 scales and 4 f16 minimums.
+                let z = _mm512_loadu_si512(blk.as_ptr() as *const _);
+                lo[k] = _mm512_permutexvar_epi32(by_quad, _mm512_and_si512(z, low));
+                hi[k] = _mm512_permutexvar_epi32(
+                    by_quad,
+                    _mm512_and_si512(_mm512_srli_epi16(z, 4), low),
+                );
+                let d4 = _mm_cvtph_ps(_mm_loadl_epi64(blk.as_ptr().add(64) as *const __m128i));
+                let m4 = _mm_cvtph_ps(_mm_loadl_epi64(blk.as_ptr().add(72) as *const __m128i));
+                _mm_storeu_ps(self.d[b].as_mut_ptr().add(4 * k), d4);
+                _mm_storeu_ps(self.m[b].as_mut_ptr().add(4 * k), m4);
+            }
+            // Tile row q (values 4q..4q+3 of all 16 rows) is lane q of each group's
+            // register: a 4 x 4 transpose of 128-bit lanes; the high nibbles give rows
+            // 4..7.
+            let dst = self.q[b].0.as_mut_ptr();
+            for (half, x) in [lo, hi].iter().enumerate() {
+                let t0 = _mm512_shuffle_i32x4::<0x44>(x[0], x[1]);
+                let t1 = _mm512_shuffle_i32x4::<0xEE>(x[0], x[1]);
+                let t2 = _mm512_shuffle_i32x4::<0x44>(x[2], x[3]);
+                let t3 = _mm512_shuffle_i32x4::<0xEE>(x[2], x[3]);
+                let rows = [
+                    _mm512_shuffle_i32x4::<0x88>(t0, t2),
+                    _mm512_shuffle_i32x4::<0xDD>(t0, t2),
+                    _mm512_shuffle_i32x4::<0x88>(t1, t3),
+                    _mm512_shuffle_i32x4::<0xDD>(t1, t3),
+                ];
+                for (q, v) in rows.into_iter().enumerate() {
+                    _mm512_store_si512(dst.add(64 * (4 * half + q)) as *mut _, v);
+                }
+            }
+        }
+    }
+}
+
+/// One block's integer sums of a token tile and panel, as the tile unit stores them.
+#[repr(C, align(64))]
+struct Sums([i32; TILE_TOKENS * PANEL_ROWS]);
+
+/// Panel `p` against token tile `tile`: sixteen accumulators (one per token, a row per
+/// lane) in registers over every block, then stored into the output rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
+unsafe fn panel_tile(
+    w: &Weights,
+    acts: &TiledActs,
+    tile: usize,
+    rows: usize,
+    p: usize,
+    out: *mut f32,
+) {
+    let mut c = [
+        Sums([0; TILE_TOKENS * PANEL_ROWS]),
+        Sums([0; TILE_TOKENS * PANEL_ROWS]),
+    ];
+    let mut acc = [_mm512_setzero_ps(); TILE_TOKENS];
+    // Adds block `b`'s `d_w * d_a * sum + m_w * s_a` into the accumulators (a macro, so
+    // that they stay in registers).
+    macro_rules! finish {
+        ($b:expr, $sums:expr) => {{
+            let at = tile * acts.nb + $b;
+            let dw = _mm512_loadu_ps(w.d[$b].as_ptr());
+            let mw = _mm512_loadu_ps(w.m[$b].as_ptr());
+            let da = &acts.d[at * TILE_TOKENS..][..TILE_TOKENS];
+            let sa = &acts.s[at * TILE_TOKENS..][..TILE_TOKENS];
+            for (t, a) in acc.iter_mut().enumerate() {
+                let v = _mm512_load_si512($sums.0.as_ptr().add(16 * t) as *const _);
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(da[t]));
+                *a = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(v), *a);
+                *a = _mm512_fmadd_ps(mw, _mm512_set1_ps(sa[t]), *a);
+            }
+        }};
+    }
+    // Software pipelined over blocks: block b's product runs on the tile unit (tiles
+    // 0-2 for even b, 3-5 for odd) while block b - 1's sums are stored and scaled.
+    let a_at = |b: usize| acts.q.as_ptr().add((tile * acts.nb + b) * TILE_BYTES);
+    // SAFETY (every asm below): the activation tile reads 16 rows of 32 bytes of one
+    // block's tile (inside `acts.q`), the weight tile 8 rows of 64 bytes of `w.q[b]`,
+    // and the sums go to `c[b % 2]` (16 rows of 64 bytes).
+    macro_rules! product {
+        ($b:expr, $ta:literal, $tw:literal, $tc:literal) => {
+            asm!(
+                concat!("tileloadd ", $ta, ", [{a} + {as}*1]"),
+                concat!("tileloadd ", $tw, ", [{w} + {ws}*1]"),
+                concat!("tilezero ", $tc),
+                concat!("tdpbsud ", $tc, ", ", $ta, ", ", $tw),
+                a = in(reg) a_at($b),
+                as = in(reg) QK,
+                w = in(reg) w.q[$b].0.as_ptr(),
+                ws = in(reg) 64usize,
+                options(nostack, readonly),
+            )
+        };
+    }
+    macro_rules! store {
+        ($tc:literal, $dst:expr) => {
+            asm!(
+                concat!("tilestored [{c} + {cs}*1], ", $tc),
+                c = in(reg) $dst,
+                cs = in(reg) 64usize,
+                options(nostack),
+            )
+        };
+    }
+    for b in 0..acts.nb {
+        if b.is_multiple_of(2) {
+            product!(b, "tmm0", "tmm1", "tmm2");
+            if b > 0 {
+                store!("tmm5", c[1].0.as_mut_ptr());
+                finish!(b - 1, &c[1]);
+            }
+        } else {
+            product!(b, "tmm3", "tmm4", "tmm5");
+            store!("tmm2", c[0].0.as_mut_ptr());
+            finish!(b - 1, &c[0]);
+        }
+    }
+    let last = acts.nb - 1;
+    if last.is_multiple_of(2) {
+        store!("tmm2", c[0].0.as_mut_ptr());
+        finish!(last, &c[0]);
+    } else {
+        store!("tmm5", c[1].0.as_mut_ptr());
+        finish!(last, &c[1]);
+    }
+    let live_rows = PANEL_ROWS.min(rows - PANEL_ROWS * p);
+    let mask: __mmask16 = if live_rows == PANEL_ROWS {
+        0xffff
+    } else {
+        (1u16 << live_rows) - 1
+    };
+    let live_tokens = TILE_TOKENS.min(acts.n - TILE_TOKENS * tile);
+    for (t, a) in acc.iter().enumerate().take(live_tokens) {
+        let token = TILE_TOKENS * tile + t;
+        _mm512_mask_storeu_ps(out.add(token * rows + PANEL_ROWS * p), mask, *a);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::pool::WorkerPool;
+    use crate::kernels::qdot::{dot_q4_1_reference, quantize_activations};
+    use crate::kernels::test_values as values;
+
+    /// Random Q4_1 rows in ggml's layout.
+    fn q4_1_rows(rows: usize, cols: usize) -> Vec<u8> {
+        let x = values(rows * cols, 11);
+        let mut out = Vec::new();
+        crate::quant::quantize(crate::dtype::DType::Q4_1, &x, &mut out).unwrap();
+        out
+    }
+
+    /// Sum of the absolute values of the terms of a Q4_1 × Q8_1 dot product.
+    fn magnitude(row: &[u8], acts: &[Q8Block]) -> f32 {
+        let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        row.chunks_exact(20)
+            .zip(acts)
+            .map(|(blk, a)| {
+                let (d, m) = (f16(&blk[..2]), f16(&blk[2..4]));
+                let ints: f32 = (0..QK)
+                    .map(|k| {
+                        let q = if k < 16 {
+                            blk[4 + k] & 15
+                        } else {
+                            blk[4 + k - 16] >> 4
+                        };
+                        (q as f32 * a.qs[k] as f32).abs()
+                    })
+                    .sum();
+                (d * a.d).abs() * ints + (m * a.s).abs()
+            })
+            .sum()
+    }
+
+    #[test]
+    fn amx_products_match_the_reference() {
+        if !available() {
+            eprintln!("no AMX-INT8 here: the AMX kernel is not tested");
+            return;
+        }
+        for (rows, cols, n) in [(16, 64, 16), (40, 96, 37), (48, 576, 130)] {
+            let src = q4_1_rows(rows, cols);
+            let pool = WorkerPool::new(1).unwrap();
+            let w = InterleavedQ4_1::pack(&src, rows, cols, &pool).unwrap();
+            let x = values(n * cols, 5);
+            let acts: Vec<Vec<Q8Block>> = x
+                .chunks_exact(cols)
+                .map(|r| {
+                    let mut v = Vec::new();
+                    quantize_activations(r, &mut v);
+                    v
+                })
+                .collect();
+            let tiled = TiledActs::new(&acts, cols / QK);
+            let mut out = vec![f32::NAN; n * rows];
+            // SAFETY: AMX checked above; `out` holds n * rows floats.
+            unsafe { panels(&w, &tiled, 0, rows.div_ceil(PANEL_ROWS), out.as_mut_ptr()) };
+            let row_bytes = src.len() / rows;
+            for t in 0..n {
+                for r in 0..rows {
+                    let want = dot_q4_1_reference(&src[r * row_bytes..][..row_bytes], &acts[t]);
+                    let got = out[t * rows + r];
+                    // Both sum the same exact terms in f32, in other orders: each
+                    // result is within a few roundings per block of the true sum, so
+                    // they differ by at most 4 * blocks * eps * sum |term|.
+                    let row = &src[r * row_bytes..][..row_bytes];
+                    let magnitude = magnitude(row, &acts[t]);
+                    let tol = 4.0 * (cols / QK) as f32 * f32::EPSILON * magnitude;
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "rows {rows} cols {cols} token {t} row {r}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
