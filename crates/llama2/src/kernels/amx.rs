@@ -4,11 +4,9 @@
 //! One `tdpbsud` multiplies a tile of 16 tokens' signed 8-bit activations of one block
 //! (16 × 32 bytes) by that block of 16 weight rows as unsigned nibbles, in the
 //! instruction's four-byte-interleaved layout, giving each token's and row's exact
-//! integer block sum. Per block, AVX-512 then adds `d_w * d_a * sum + m_w * s_a` into f32
-//! accumulators (ggml's Q4_1 × Q8_1 formula). The integer sum is exact where the AVX2
-//! and VNNI kernels sum eight lane partials in f32, so results differ from theirs in the
-//! last bits (the test bounds the difference against the reference); llama.cpp's own AMX
-//! path differs from its AVX2 path the same way.
+//! integer block sum. Per block, AVX-512 then adds `d_w * d_a * sum`, then `m_w * s_a`, into
+//! f32 accumulators in the order of [`super::qdot::dot_q4_1_reference`], so every row has the
+//! bits the other kernels give it (tested), whatever the batch.
 //!
 //! Linux hands out the tile registers per process on request (`arch_prctl`); the request
 //! is made once, on the first [`available`] call. The AMX instructions are written as
@@ -353,28 +351,6 @@ mod tests {
         out
     }
 
-    /// Sum of the absolute values of the terms of a Q4_1 × Q8_1 dot product.
-    fn magnitude(row: &[u8], acts: &[Q8Block]) -> f32 {
-        let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-        row.chunks_exact(20)
-            .zip(acts)
-            .map(|(blk, a)| {
-                let (d, m) = (f16(&blk[..2]), f16(&blk[2..4]));
-                let ints: f32 = (0..QK)
-                    .map(|k| {
-                        let q = if k < 16 {
-                            blk[4 + k] & 15
-                        } else {
-                            blk[4 + k - 16] >> 4
-                        };
-                        (q as f32 * a.qs[k] as f32).abs()
-                    })
-                    .sum();
-                (d * a.d).abs() * ints + (m * a.s).abs()
-            })
-            .sum()
-    }
-
     #[test]
     fn amx_products_match_the_reference() {
         if !available() {
@@ -401,16 +377,12 @@ mod tests {
             let row_bytes = src.len() / rows;
             for t in 0..n {
                 for r in 0..rows {
-                    let want = dot_q4_1_reference(&src[r * row_bytes..][..row_bytes], &acts[t]);
                     let got = out[t * rows + r];
-                    // Both sum the same exact terms in f32, in other orders: each
-                    // result is within a few roundings per block of the true sum, so
-                    // they differ by at most 4 * blocks * eps * sum |term|.
                     let row = &src[r * row_bytes..][..row_bytes];
-                    let magnitude = magnitude(row, &acts[t]);
-                    let tol = 4.0 * (cols / QK) as f32 * f32::EPSILON * magnitude;
-                    assert!(
-                        (got - want).abs() <= tol,
+                    let want = dot_q4_1_reference(row, &acts[t]);
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
                         "rows {rows} cols {cols} token {t} row {r}: {got} vs {want}"
                     );
                 }

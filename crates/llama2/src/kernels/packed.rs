@@ -8,9 +8,8 @@
 //! and eight rows finish a block in a handful of instructions. This is the layout of
 //! llama.cpp's repacked x86 path (`q4_0_8x8`), and the arithmetic is the same as
 //! there: per row and block an exact integer sum `s`, then `acc = fma(s, d_w * d_a, acc)`
-//! in f32, blocks in order. (Q4_1 is not repacked, in llama.cpp nor here: with per-block
-//! sums SmolLM2's greedy tokens leave llama.cpp's, measured on the parity fixtures; it
-//! keeps llama.cpp's `vec_dot` lane arithmetic in [`super::qdot`].)
+//! in f32, blocks in order. (Q4_1 has its own four-row layout in [`super::qdot`], with
+//! the same kind of per-block integer sums.)
 //!
 //! Layout, per group of eight rows and per 32-value block: the eight f16 scales (16
 //! bytes), then chunks of 32 bytes where chunk `j` holds bytes `4j..4j+4` of each row's

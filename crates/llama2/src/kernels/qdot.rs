@@ -123,25 +123,26 @@ pub(crate) fn hsum8(a: [f32; 8]) -> f32 {
     x + y
 }
 
-/// The defining arithmetic (llama.cpp's `vec_dot_q4_1_q8_1`) on one Q4_1 row in ggml's
-/// layout (blocks of f16 scale, f16 minimum, 16 bytes of nibbles).
+/// The defining arithmetic on one Q4_1 row in ggml's layout (blocks of f16 scale, f16
+/// minimum, 16 bytes of nibbles): per block, the exact integer sum `isum` of nibble times
+/// activation, then `acc = fma(d_w * d_a, isum, acc)` and `acc = fma(m_w, s_a, acc)`, blocks
+/// in order. (ggml's `vec_dot_q4_1_q8_1` adds eight lane partials in f32 instead; the
+/// whole-block sum is what a tile unit computes, and one arithmetic for every batch
+/// size keeps a row's result the same alone or in any batch. llama.cpp's greedy tokens
+/// on the parity fixtures are unchanged by it.)
 pub fn dot_q4_1_reference(row: &[u8], acts: &[Q8Block]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut summs = 0.0f32;
+    let mut acc = 0.0f32;
     for (blk, a) in row.chunks_exact(DType::Q4_1.block_bytes()).zip(acts) {
-        let mut w = [0i32; QK];
-        for i in 0..16 {
-            w[i] = (blk[4 + i] & 0x0f) as i32;
-            w[i + 16] = (blk[4 + i] >> 4) as i32;
-        }
-        summs += f16_at(blk, 2) * a.s;
-        let scale = f16_at(blk, 0) * a.d;
-        for (j, acc_j) in acc.iter_mut().enumerate() {
-            let lane: i32 = (4 * j..4 * j + 4).map(|k| w[k] * a.qs[k] as i32).sum();
-            *acc_j = scale.mul_add(lane as f32, *acc_j);
-        }
+        let isum: i32 = (0..16)
+            .map(|i| {
+                (blk[4 + i] & 0x0f) as i32 * a.qs[i] as i32
+                    + (blk[4 + i] >> 4) as i32 * a.qs[i + 16] as i32
+            })
+            .sum();
+        acc = (f16_at(blk, 0) * a.d).mul_add(isum as f32, acc);
+        acc = f16_at(blk, 2).mul_add(a.s, acc);
     }
-    hsum8(acc) + summs
+    acc
 }
 
 /// Rows per interleaved Q4_1 group.
@@ -292,35 +293,32 @@ impl InterleavedQ4_1 {
             return;
         }
         let _ = simd;
-        // The portable kernel: the reference's lane arithmetic, read from this layout.
+        // The portable kernel: the reference's arithmetic, read from this layout.
         let nb = self.nb;
         for (t, a) in acts.iter().enumerate() {
             for r in 0..GROUP {
-                let mut acc = [0.0f32; 8];
-                let mut summs = 0.0f32;
+                let mut acc = 0.0f32;
                 for (b, blk) in a[..nb].iter().enumerate() {
                     let at = GROUP_BLOCK * b;
                     let q = &group[at + 16 * r..][..16];
-                    summs += f16_at(group, at + 72 + 2 * r) * blk.s;
+                    let isum: i32 = (0..16)
+                        .map(|i| {
+                            (q[i] & 0x0f) as i32 * blk.qs[i] as i32
+                                + (q[i] >> 4) as i32 * blk.qs[i + 16] as i32
+                        })
+                        .sum();
                     let scale = f16_at(group, at + 64 + 2 * r) * blk.d;
-                    for (j, acc_j) in acc.iter_mut().enumerate() {
-                        let lane: i32 = (4 * j..4 * j + 4)
-                            .map(|k| {
-                                let u = if k < 16 { q[k] & 0x0f } else { q[k - 16] >> 4 };
-                                u as i32 * blk.qs[k] as i32
-                            })
-                            .sum();
-                        *acc_j = scale.mul_add(lane as f32, *acc_j);
-                    }
+                    acc = scale.mul_add(isum as f32, acc);
+                    acc = f16_at(group, at + 72 + 2 * r).mul_add(blk.s, acc);
                 }
-                out[t * GROUP + r] = hsum8(acc) + summs;
+                out[t * GROUP + r] = acc;
             }
         }
     }
 }
 
-/// The reference's four lane sums of 16 bytes: lane `i` is `sum(w[k] * y[k])` over
-/// `k = 4i..4i + 4` (widening multiplies, pairwise adds; exact).
+/// Four lane sums of 16 bytes: lane `i` is `sum(w[k] * y[k])` over `k = 4i..4i + 4`
+/// (widening multiplies, pairwise adds; exact).
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
 pub(crate) unsafe fn lanes4_neon(
@@ -333,10 +331,9 @@ pub(crate) unsafe fn lanes4_neon(
     vpaddq_s32(a, b)
 }
 
-/// One group against `T` tokens with NEON: per row and block the eight lane sums
-/// ([`lanes4_neon`] on the low and the high nibbles), each lane accumulated with a fused
-/// multiply-add by `d_w * d_a` and the minimum product added in order, as
-/// [`dot_q4_1_reference`].
+/// One group against `T` tokens with NEON: per row and block the exact integer sum
+/// ([`lanes4_neon`] on the low and the high nibbles, added and reduced), then the
+/// reference's two fused multiply-adds.
 #[cfg(target_arch = "aarch64")]
 #[allow(clippy::needless_range_loop)] // parallel arrays indexed together
 unsafe fn group_neon<const T: usize>(
@@ -346,8 +343,7 @@ unsafe fn group_neon<const T: usize>(
     out: &mut [f32],
 ) {
     use std::arch::aarch64::*;
-    let mut acc = [[[vdupq_n_f32(0.0); 2]; GROUP]; T];
-    let mut summs = [[0.0f32; GROUP]; T];
+    let mut acc = [[0.0f32; GROUP]; T];
     for b in 0..nb {
         let blk = &group[GROUP_BLOCK * b..(b + 1) * GROUP_BLOCK];
         for r in 0..GROUP {
@@ -360,22 +356,14 @@ unsafe fn group_neon<const T: usize>(
                 let a = acts[t].get_unchecked(b);
                 let ylo = vld1q_s8(a.qs.as_ptr());
                 let yhi = vld1q_s8(a.qs.as_ptr().add(16));
-                let scale = dw * a.d;
-                let l = vcvtq_f32_s32(lanes4_neon(lo, ylo));
-                let h = vcvtq_f32_s32(lanes4_neon(hi, yhi));
-                acc[t][r][0] = vfmaq_n_f32(acc[t][r][0], l, scale);
-                acc[t][r][1] = vfmaq_n_f32(acc[t][r][1], h, scale);
-                summs[t][r] += mw * a.s;
+                let isum = vaddvq_s32(vaddq_s32(lanes4_neon(lo, ylo), lanes4_neon(hi, yhi)));
+                acc[t][r] = (dw * a.d).mul_add(isum as f32, acc[t][r]);
+                acc[t][r] = mw.mul_add(a.s, acc[t][r]);
             }
         }
     }
     for t in 0..T {
-        for r in 0..GROUP {
-            let mut lanes = [0.0f32; 8];
-            vst1q_f32(lanes.as_mut_ptr(), acc[t][r][0]);
-            vst1q_f32(lanes.as_mut_ptr().add(4), acc[t][r][1]);
-            out[t * GROUP + r] = hsum8(lanes) + summs[t][r];
-        }
+        out[t * GROUP..(t + 1) * GROUP].copy_from_slice(&acc[t]);
     }
 }
 
@@ -384,12 +372,11 @@ unsafe fn group_neon<const T: usize>(
 const PREFETCH: usize = 8;
 
 /// One group against `T` tokens with AVX-512: the block's 64 quant bytes (four rows)
-/// in one register, low and high nibbles apart; `vpdpbusd` against the token's first
-/// (last) 16 activation bytes repeated in each 128-bit lane gives lanes 0-3 (4-7) of
-/// the reference's eight lane sums, for all four rows at once. The four rows' scale
-/// products `d_w * d_a` (each the reference's f32 product) are spread over their lanes
-/// and accumulated with one fused multiply-add per half, block after block; the
-/// minimum products `m_w * s_a` are summed per row in a 128-bit register, in order.
+/// in one register, low and high nibbles apart; two `vpdpbusd` against the token's
+/// first and last 16 activation bytes (repeated in each 128-bit lane) leave four lane
+/// sums per row, which two shuffles and adds reduce to the row's exact block sum (in all
+/// four of its lanes). Then the reference's `fma(d_w * d_a, isum, acc)` and
+/// `fma(m_w, s_a, acc)`, the rows' scales and minimums spread over their lanes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn group_vnni<const T: usize>(
@@ -403,41 +390,38 @@ unsafe fn group_vnni<const T: usize>(
     let low = _mm512_set1_epi8(0x0f);
     let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     let zero = _mm512_setzero_si512();
-    let mut acc_lo = [_mm512_setzero_ps(); T];
-    let mut acc_hi = [_mm512_setzero_ps(); T];
-    let mut summs = [_mm_setzero_ps(); T];
+    let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         // Hints for the stream ahead (no fault even past the end).
         let p = q.add(GROUP_BLOCK * b);
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(GROUP_BLOCK * PREFETCH) as *const i8);
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(GROUP_BLOCK * PREFETCH + 64) as *const i8);
-        // SAFETY: block `b < nb` of the group: 64 quant bytes at 64b, 8 bytes of scales
-        // at 64nb + 8b and of minimums at 72nb + 8b.
+        // SAFETY: block `b < nb` of the group: 64 quant bytes, then 8 bytes of f16
+        // scales and 8 of f16 minimums.
         let z = _mm512_loadu_si512(p as *const _);
         let lo = _mm512_and_si512(z, low);
         let hi = _mm512_and_si512(_mm512_srli_epi16(z, 4), low);
         let dw = _mm_cvtph_ps(_mm_loadl_epi64(p.add(64) as *const __m128i));
         let mw = _mm_cvtph_ps(_mm_loadl_epi64(p.add(72) as *const __m128i));
+        let dw16 = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(dw));
+        let mw16 = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(mw));
         for t in 0..T {
             let a = acts[t].get_unchecked(b);
             let y = a.qs.as_ptr();
             let ylo = _mm512_broadcast_i32x4(_mm_loadu_si128(y as *const __m128i));
             let yhi = _mm512_broadcast_i32x4(_mm_loadu_si128(y.add(16) as *const __m128i));
-            let plo = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, lo, ylo));
-            let phi = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, hi, yhi));
-            let s4 = _mm_mul_ps(dw, _mm_set1_ps(a.d));
-            let s16 = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(s4));
-            acc_lo[t] = _mm512_fmadd_ps(s16, plo, acc_lo[t]);
-            acc_hi[t] = _mm512_fmadd_ps(s16, phi, acc_hi[t]);
-            summs[t] = _mm_add_ps(summs[t], _mm_mul_ps(mw, _mm_set1_ps(a.s)));
+            let quads = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, ylo), hi, yhi);
+            let pairs = _mm512_add_epi32(quads, _mm512_shuffle_epi32::<0x4E>(quads));
+            let isum = _mm512_add_epi32(pairs, _mm512_shuffle_epi32::<0xB1>(pairs));
+            let scale = _mm512_mul_ps(dw16, _mm512_set1_ps(a.d));
+            acc[t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), acc[t]);
+            acc[t] = _mm512_fmadd_ps(mw16, _mm512_set1_ps(a.s), acc[t]);
         }
     }
-    for t in 0..T {
-        let (mut lo, mut hi, mut m) = ([0.0f32; 16], [0.0f32; 16], [0.0f32; 4]);
-        _mm512_storeu_ps(lo.as_mut_ptr(), acc_lo[t]);
-        _mm512_storeu_ps(hi.as_mut_ptr(), acc_hi[t]);
-        _mm_storeu_ps(m.as_mut_ptr(), summs[t]);
-        finish(&lo, &hi, &m, &mut out[t * GROUP..(t + 1) * GROUP]);
+    let first_lanes = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0);
+    for (t, v) in acc.iter().enumerate() {
+        let rows = _mm512_castps512_ps128(_mm512_permutexvar_ps(first_lanes, *v));
+        _mm_storeu_ps(out.as_mut_ptr().add(t * GROUP), rows);
     }
 }
 
@@ -458,9 +442,8 @@ unsafe fn group_avx2<const T: usize>(
     let ones = _mm256_set1_epi16(1);
     let spread01 = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
     let spread23 = _mm256_set_epi32(3, 3, 3, 3, 2, 2, 2, 2);
-    // [t][half][rows 0-1 | rows 2-3]
-    let mut acc = [[[_mm256_setzero_ps(); 2]; 2]; T];
-    let mut summs = [_mm_setzero_ps(); T];
+    // [t][rows 0-1 | rows 2-3]
+    let mut acc = [[_mm256_setzero_ps(); 2]; T];
     for b in 0..nb {
         let p = q.add(GROUP_BLOCK * b);
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(GROUP_BLOCK * PREFETCH) as *const i8);
@@ -475,8 +458,16 @@ unsafe fn group_avx2<const T: usize>(
                 _mm256_and_si256(_mm256_srli_epi16(z23, 4), low),
             ],
         ];
-        let dw = _mm_cvtph_ps(_mm_loadl_epi64(p.add(64) as *const __m128i));
-        let mw = _mm_cvtph_ps(_mm_loadl_epi64(p.add(72) as *const __m128i));
+        let dw = _mm256_castps128_ps256(_mm_cvtph_ps(_mm_loadl_epi64(p.add(64) as *const __m128i)));
+        let mw = _mm256_castps128_ps256(_mm_cvtph_ps(_mm_loadl_epi64(p.add(72) as *const __m128i)));
+        let dws = [
+            _mm256_permutevar8x32_ps(dw, spread01),
+            _mm256_permutevar8x32_ps(dw, spread23),
+        ];
+        let mws = [
+            _mm256_permutevar8x32_ps(mw, spread01),
+            _mm256_permutevar8x32_ps(mw, spread23),
+        ];
         for t in 0..T {
             let a = acts[t].get_unchecked(b);
             let y = a.qs.as_ptr();
@@ -484,47 +475,24 @@ unsafe fn group_avx2<const T: usize>(
                 _mm256_broadcastsi128_si256(_mm_loadu_si128(y as *const __m128i)),
                 _mm256_broadcastsi128_si256(_mm_loadu_si128(y.add(16) as *const __m128i)),
             ];
-            let s4 = _mm256_castps128_ps256(_mm_mul_ps(dw, _mm_set1_ps(a.d)));
-            let s = [
-                _mm256_permutevar8x32_ps(s4, spread01),
-                _mm256_permutevar8x32_ps(s4, spread23),
-            ];
-            for half in 0..2 {
-                for pair in 0..2 {
-                    let lanes =
-                        _mm256_madd_epi16(ones, _mm256_maddubs_epi16(u[half][pair], ys[half]));
-                    acc[t][half][pair] =
-                        _mm256_fmadd_ps(s[pair], _mm256_cvtepi32_ps(lanes), acc[t][half][pair]);
-                }
+            for pair in 0..2 {
+                let quads = _mm256_add_epi32(
+                    _mm256_madd_epi16(ones, _mm256_maddubs_epi16(u[0][pair], ys[0])),
+                    _mm256_madd_epi16(ones, _mm256_maddubs_epi16(u[1][pair], ys[1])),
+                );
+                let pairs = _mm256_add_epi32(quads, _mm256_shuffle_epi32::<0x4E>(quads));
+                let isum = _mm256_add_epi32(pairs, _mm256_shuffle_epi32::<0xB1>(pairs));
+                let scale = _mm256_mul_ps(dws[pair], _mm256_set1_ps(a.d));
+                let v = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[t][pair]);
+                acc[t][pair] = _mm256_fmadd_ps(mws[pair], _mm256_set1_ps(a.s), v);
             }
-            summs[t] = _mm_add_ps(summs[t], _mm_mul_ps(mw, _mm_set1_ps(a.s)));
         }
     }
     for t in 0..T {
-        let (mut lo, mut hi, mut m) = ([0.0f32; 16], [0.0f32; 16], [0.0f32; 4]);
-        _mm256_storeu_ps(lo.as_mut_ptr(), acc[t][0][0]);
-        _mm256_storeu_ps(lo.as_mut_ptr().add(8), acc[t][0][1]);
-        _mm256_storeu_ps(hi.as_mut_ptr(), acc[t][1][0]);
-        _mm256_storeu_ps(hi.as_mut_ptr().add(8), acc[t][1][1]);
-        _mm_storeu_ps(m.as_mut_ptr(), summs[t]);
-        finish(&lo, &hi, &m, &mut out[t * GROUP..(t + 1) * GROUP]);
-    }
-}
-
-/// Row `r`'s result from the kernels' accumulators: its eight lanes are `lo[4r..4r+4]`
-/// then `hi[4r..4r+4]`, reduced as the reference does, plus its minimum sum.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn finish(lo: &[f32; 16], hi: &[f32; 16], summs: &[f32; 4], out: &mut [f32]) {
-    for (r, o) in out.iter_mut().enumerate() {
-        let lanes = std::array::from_fn(|j| {
-            if j < 4 {
-                lo[4 * r + j]
-            } else {
-                hi[4 * r + j - 4]
-            }
-        });
-        *o = hsum8(lanes) + summs[r];
+        let (mut v01, mut v23) = ([0.0f32; 8], [0.0f32; 8]);
+        _mm256_storeu_ps(v01.as_mut_ptr(), acc[t][0]);
+        _mm256_storeu_ps(v23.as_mut_ptr(), acc[t][1]);
+        out[t * GROUP..(t + 1) * GROUP].copy_from_slice(&[v01[0], v01[4], v23[0], v23[4]]);
     }
 }
 
