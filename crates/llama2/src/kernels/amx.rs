@@ -1,12 +1,15 @@
-//! Intel AMX (tile matrix multiply) products of interleaved Q4_1 weights with 8-bit
-//! activations, for batches of [`MIN_TOKENS`] or more tokens (prompts).
+//! Intel AMX (tile matrix multiply) products of Q4_1 ([`super::qdot`]) and Q4_0
+//! ([`super::packed`]) weights with 8-bit activations, for batches of [`MIN_TOKENS`] or
+//! more tokens (prompts).
 //!
 //! One `tdpbsud` multiplies a tile of 16 tokens' signed 8-bit activations of one block
 //! (16 × 32 bytes) by that block of 16 weight rows as unsigned nibbles, in the
 //! instruction's four-byte-interleaved layout, giving each token's and row's exact
-//! integer block sum. Per block, AVX-512 then adds `d_w * d_a * sum`, then `m_w * s_a`, into
-//! f32 accumulators in the order of [`super::qdot::dot_q4_1_reference`], so every row has the
-//! bits the other kernels give it (tested), whatever the batch.
+//! integer block sum. Per block, AVX-512 then adds it into f32 accumulators as the other
+//! kernels of the type do (Q4_1: `d_w * d_a * sum`, then `m_w * s_a`, as
+//! [`super::qdot::dot_q4_1_reference`]; Q4_0: `(sum - 8 * sum(a)) * d_w * d_a`, as
+//! [`super::packed::dot_reference`]), so every row has the bits the other kernels give it
+//! (tested), whatever the batch.
 //!
 //! Linux hands out the tile registers per process on request (`arch_prctl`); the request
 //! is made once, on the first [`available`] call. The AMX instructions are written as
@@ -16,7 +19,9 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
+use super::packed::PackedMatrix;
 use super::qdot::{InterleavedQ4_1, Q8Block, QK};
+use crate::dtype::DType;
 
 /// Fewest tokens for which the AMX path is taken (one full tile).
 pub const MIN_TOKENS: usize = 16;
@@ -87,6 +92,8 @@ pub struct TiledActs {
     q: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
+    /// `-8 * sum(qs)`: the Q4_0 offset correction.
+    offset: Vec<i32>,
 }
 
 impl TiledActs {
@@ -97,6 +104,7 @@ impl TiledActs {
         let mut q = vec![0i8; tiles * nb * TILE_BYTES];
         let mut d = vec![0.0f32; tiles * nb * TILE_TOKENS];
         let mut s = vec![0.0f32; tiles * nb * TILE_TOKENS];
+        let mut offset = vec![0i32; tiles * nb * TILE_TOKENS];
         for (t, row) in acts.iter().enumerate() {
             let (tile, lane) = (t / TILE_TOKENS, t % TILE_TOKENS);
             for (b, blk) in row[..nb].iter().enumerate() {
@@ -104,6 +112,7 @@ impl TiledActs {
                 q[at * TILE_BYTES + QK * lane..][..QK].copy_from_slice(&blk.qs);
                 d[at * TILE_TOKENS + lane] = blk.d;
                 s[at * TILE_TOKENS + lane] = blk.s;
+                offset[at * TILE_TOKENS + lane] = -8 * blk.sum;
             }
         }
         TiledActs {
@@ -113,6 +122,7 @@ impl TiledActs {
             q,
             d,
             s,
+            offset,
         }
     }
 }
@@ -140,14 +150,48 @@ impl TileConfig {
     }
 }
 
-/// Rows `16 * p0 ..` (panels `p0..p1` of four groups; the matrix's last panel may be
+/// A weight matrix the tiles can read: Q4_1 in four-row groups, or Q4_0 in eight-row
+/// groups.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// Interleaved Q4_1.
+    Q4_1(&'a InterleavedQ4_1),
+    /// Packed Q4_0.
+    Q4_0(&'a PackedMatrix),
+}
+
+impl Source<'_> {
+    fn rows(self) -> usize {
+        match self {
+            Source::Q4_1(w) => w.rows(),
+            Source::Q4_0(w) => w.rows(),
+        }
+    }
+
+    fn blocks(self) -> usize {
+        match self {
+            Source::Q4_1(w) => w.blocks(),
+            Source::Q4_0(w) => w.blocks(),
+        }
+    }
+}
+
+/// Whether the tiles take `w` (Q4_0; Q8_0 stays on the VNNI kernel).
+pub fn supports_packed(w: &PackedMatrix) -> bool {
+    w.dtype() == DType::Q4_0
+}
+
+/// Rows `16 * p0 ..` (panels `p0..p1` of 16 rows; the matrix's last panel may be
 /// partial) against every token of `acts`, into `out[t * rows + r]`.
 ///
 /// # Safety
 /// [`available`] must have returned true, and `out` must be valid for writes of
 /// `acts.n * w.rows()` floats, of which no other thread writes rows of these panels.
-pub unsafe fn panels(w: &InterleavedQ4_1, acts: &TiledActs, p0: usize, p1: usize, out: *mut f32) {
+pub unsafe fn panels(w: Source<'_>, acts: &TiledActs, p0: usize, p1: usize, out: *mut f32) {
     assert!(acts.nb == w.blocks() && p1 <= w.rows().div_ceil(PANEL_ROWS));
+    if let Source::Q4_0(m) = w {
+        assert!(supports_packed(m));
+    }
     let cfg = TileConfig::new();
     // SAFETY: the caller checked AMX; the configuration is a valid palette-1 layout.
     asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
@@ -157,9 +201,19 @@ pub unsafe fn panels(w: &InterleavedQ4_1, acts: &TiledActs, p0: usize, p1: usize
         m: vec![[0.0; PANEL_ROWS]; acts.nb],
     };
     for p in p0..p1 {
-        weights.load(w, p);
-        for tile in 0..acts.tiles {
-            panel_tile(&weights, acts, tile, w.rows(), p, out);
+        match w {
+            Source::Q4_1(m) => {
+                weights.load_q4_1(m, p);
+                for tile in 0..acts.tiles {
+                    panel_tile::<true>(&weights, acts, tile, m.rows(), p, out);
+                }
+            }
+            Source::Q4_0(m) => {
+                weights.load_q4_0(m, p);
+                for tile in 0..acts.tiles {
+                    panel_tile::<false>(&weights, acts, tile, m.rows(), p, out);
+                }
+            }
         }
     }
     // SAFETY: ends this thread's use of the tiles.
@@ -171,7 +225,7 @@ pub unsafe fn panels(w: &InterleavedQ4_1, acts: &TiledActs, p0: usize, p1: usize
 struct Tile([u8; TILE_BYTES]);
 
 /// One panel's weights in the tile layout, per block: `q[k / 4][4 * r + k % 4]` for row
-/// `r` and value `k` (unsigned nibbles), and the rows' scales and minimums.
+/// `r` and value `k` (unsigned nibbles), and the rows' scales and (Q4_1) minimums.
 struct Weights {
     q: Vec<Tile>,
     d: Vec<[f32; PANEL_ROWS]>,
@@ -179,9 +233,49 @@ struct Weights {
 }
 
 impl Weights {
-    /// Lays out panel `p` of `w`.
+    /// Lays out panel `p` (groups `2p`, `2p + 1`) of a packed Q4_0 matrix, whose chunk
+    /// `j` already holds four bytes of each of the group's eight rows: tile row `j`
+    /// (values `4j..4j + 4`) is chunk `j`'s low nibbles of both groups, tile row `4 + j`
+    /// their high nibbles.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
-    unsafe fn load(&mut self, w: &InterleavedQ4_1, p: usize) {
+    unsafe fn load_q4_0(&mut self, w: &PackedMatrix, p: usize) {
+        const SCALES: usize = 16;
+        let groups = w.groups();
+        let low = _mm512_set1_epi8(0x0f);
+        for b in 0..self.q.len() {
+            let mut chunks = [_mm512_setzero_si512(); 4];
+            for k in 0..2 {
+                let g = 2 * p + k;
+                if g >= groups {
+                    self.d[b][8 * k..8 * k + 8].fill(0.0);
+                    continue;
+                }
+                let blk = w.group_block(g, b);
+                // SAFETY: a Q4_0 group block is 16 bytes of f16 scales, then four chunks
+                // of 32 quant bytes.
+                let d8 = _mm256_cvtph_ps(_mm_loadu_si128(blk.as_ptr() as *const __m128i));
+                _mm256_storeu_ps(self.d[b].as_mut_ptr().add(8 * k), d8);
+                for (j, c) in chunks.iter_mut().enumerate() {
+                    let q = _mm256_loadu_si256(blk.as_ptr().add(SCALES + 32 * j) as *const __m256i);
+                    *c = if k == 0 {
+                        _mm512_castsi256_si512(q)
+                    } else {
+                        _mm512_inserti64x4::<1>(*c, q)
+                    };
+                }
+            }
+            let dst = self.q[b].0.as_mut_ptr();
+            for (j, c) in chunks.into_iter().enumerate() {
+                _mm512_store_si512(dst.add(64 * j) as *mut _, _mm512_and_si512(c, low));
+                let hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), low);
+                _mm512_store_si512(dst.add(64 * (4 + j)) as *mut _, hi);
+            }
+        }
+    }
+
+    /// Lays out panel `p` (groups `4p..4p + 4`) of an interleaved Q4_1 matrix.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
+    unsafe fn load_q4_1(&mut self, w: &InterleavedQ4_1, p: usize) {
         let groups = w.groups();
         let low = _mm512_set1_epi8(0x0f);
         // Dword 4r + q (row r's values 4q..4q+3) to 4q + r: lane q holds the four rows.
@@ -239,9 +333,10 @@ impl Weights {
 struct Sums([i32; TILE_TOKENS * PANEL_ROWS]);
 
 /// Panel `p` against token tile `tile`: sixteen accumulators (one per token, a row per
-/// lane) in registers over every block, then stored into the output rows.
+/// lane) in registers over every block, then stored into the output rows. `Q4_1`:
+/// minimums; else Q4_0's offset correction.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
-unsafe fn panel_tile(
+unsafe fn panel_tile<const Q4_1: bool>(
     w: &Weights,
     acts: &TiledActs,
     tile: usize,
@@ -260,14 +355,24 @@ unsafe fn panel_tile(
         ($b:expr, $sums:expr) => {{
             let at = tile * acts.nb + $b;
             let dw = _mm512_loadu_ps(w.d[$b].as_ptr());
-            let mw = _mm512_loadu_ps(w.m[$b].as_ptr());
             let da = &acts.d[at * TILE_TOKENS..][..TILE_TOKENS];
-            let sa = &acts.s[at * TILE_TOKENS..][..TILE_TOKENS];
-            for (t, a) in acc.iter_mut().enumerate() {
-                let v = _mm512_load_si512($sums.0.as_ptr().add(16 * t) as *const _);
-                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(da[t]));
-                *a = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(v), *a);
-                *a = _mm512_fmadd_ps(mw, _mm512_set1_ps(sa[t]), *a);
+            if Q4_1 {
+                let mw = _mm512_loadu_ps(w.m[$b].as_ptr());
+                let sa = &acts.s[at * TILE_TOKENS..][..TILE_TOKENS];
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let v = _mm512_load_si512($sums.0.as_ptr().add(16 * t) as *const _);
+                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(da[t]));
+                    *a = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(v), *a);
+                    *a = _mm512_fmadd_ps(mw, _mm512_set1_ps(sa[t]), *a);
+                }
+            } else {
+                let off = &acts.offset[at * TILE_TOKENS..][..TILE_TOKENS];
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let v = _mm512_load_si512($sums.0.as_ptr().add(16 * t) as *const _);
+                    let v = _mm512_add_epi32(v, _mm512_set1_epi32(off[t]));
+                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(da[t]));
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), scale, *a);
+                }
             }
         }};
     }
@@ -351,6 +456,57 @@ mod tests {
         out
     }
 
+    fn q8_rows(x: &[f32], cols: usize) -> Vec<Vec<Q8Block>> {
+        x.chunks_exact(cols)
+            .map(|r| {
+                let mut v = Vec::new();
+                quantize_activations(r, &mut v);
+                v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn amx_q4_0_products_have_the_reference_bits() {
+        if !available() {
+            eprintln!("no AMX-INT8 here: the AMX kernel is not tested");
+            return;
+        }
+        for (rows, cols, n) in [(16, 64, 16), (40, 96, 37), (24, 576, 130)] {
+            let x = values(rows * cols, 13);
+            let mut src = Vec::new();
+            crate::quant::quantize(DType::Q4_0, &x, &mut src).unwrap();
+            let pool = WorkerPool::new(1).unwrap();
+            let w = PackedMatrix::pack(DType::Q4_0, &src, rows, cols, &pool).unwrap();
+            let acts = q8_rows(&values(n * cols, 7), cols);
+            let tiled = TiledActs::new(&acts, cols / QK);
+            let mut out = vec![f32::NAN; n * rows];
+            // SAFETY: AMX checked above; `out` holds n * rows floats.
+            unsafe {
+                panels(
+                    Source::Q4_0(&w),
+                    &tiled,
+                    0,
+                    rows.div_ceil(PANEL_ROWS),
+                    out.as_mut_ptr(),
+                )
+            };
+            let row_bytes = src.len() / rows;
+            for t in 0..n {
+                for r in 0..rows {
+                    let row = &src[r * row_bytes..][..row_bytes];
+                    let want = crate::kernels::packed::dot_reference(DType::Q4_0, row, &acts[t]);
+                    let got = out[t * rows + r];
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "token {t} row {r}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn amx_products_match_the_reference() {
         if !available() {
@@ -373,7 +529,15 @@ mod tests {
             let tiled = TiledActs::new(&acts, cols / QK);
             let mut out = vec![f32::NAN; n * rows];
             // SAFETY: AMX checked above; `out` holds n * rows floats.
-            unsafe { panels(&w, &tiled, 0, rows.div_ceil(PANEL_ROWS), out.as_mut_ptr()) };
+            unsafe {
+                panels(
+                    Source::Q4_1(&w),
+                    &tiled,
+                    0,
+                    rows.div_ceil(PANEL_ROWS),
+                    out.as_mut_ptr(),
+                )
+            };
             let row_bytes = src.len() / rows;
             for t in 0..n {
                 for r in 0..rows {

@@ -198,7 +198,7 @@ pub fn matmul_group(
         };
         // A prompt's Q4_1 products go to the tile unit where there is one, by panels of
         // 16 rows.
-        let amx = matches!(kind, Repacked::Q4_1(_)) && amx_eligible(n);
+        let amx = amx_eligible(kind, n);
         let group = if amx { AMX_PANEL } else { group };
         let units = w.rows.div_ceil(group);
         let per_task = (rows_per_task(w.rows, threads) / group).max(1);
@@ -251,8 +251,8 @@ pub fn matmul_group(
             let u0 = task * plan.per_task;
             let u1 = (u0 + plan.per_task).min(plan.units);
             match plan.kind {
+                _ if plan.amx => amx_task(plan.kind, &io, u0, u1, plan.out),
                 Repacked::Interleaved(p) => group_task(p, &io, u0, u1, plan.out),
-                Repacked::Q4_1(p) if plan.amx => amx_task(p, &io, u0, u1, plan.out),
                 Repacked::Q4_1(p) => group_task(p, &io, u0, u1, plan.out),
                 Repacked::KQuant => kquant_task(plan.w, &io, u0, u1, plan.out),
                 Repacked::None => float_task(plan.w, &io, u0, u1, plan.out),
@@ -268,30 +268,40 @@ const AMX_PANEL: usize = amx::PANEL_ROWS;
 #[cfg(not(target_arch = "x86_64"))]
 const AMX_PANEL: usize = 1;
 
-/// Whether a product of `n` activation rows takes the AMX kernel.
-fn amx_eligible(n: usize) -> bool {
+/// Whether a product of `n` activation rows with weights `kind` takes the AMX kernel.
+fn amx_eligible(kind: &Repacked, n: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        n >= amx::MIN_TOKENS && amx::available()
+        let layout = match kind {
+            Repacked::Q4_1(_) => true,
+            Repacked::Interleaved(p) => amx::supports_packed(p),
+            _ => false,
+        };
+        layout && n >= amx::MIN_TOKENS && amx::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = n;
+        let _ = (kind, n);
         false
     }
 }
 
-/// Panels `p0..p1` of a Q4_1 product on the tile unit.
-fn amx_task(w: &qdot::InterleavedQ4_1, io: &Inputs<'_>, p0: usize, p1: usize, out: SharedOut) {
+/// Panels `p0..p1` of a Q4_1 or Q4_0 product on the tile unit.
+fn amx_task(kind: &Repacked, io: &Inputs<'_>, p0: usize, p1: usize, out: SharedOut) {
     #[cfg(target_arch = "x86_64")]
     {
+        let w = match kind {
+            Repacked::Q4_1(w) => amx::Source::Q4_1(w),
+            Repacked::Interleaved(w) => amx::Source::Q4_0(w),
+            _ => unreachable!("AMX plans are Q4_1 or Q4_0"),
+        };
         // SAFETY: plans take this path only when `amx::available()`; the output holds
         // n * rows floats and tasks own disjoint panels (rows).
         unsafe { amx::panels(w, io.tiled, p0, p1, out.0) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (w, io, p0, p1, out);
+        let _ = (kind, io, p0, p1, out);
         unreachable!("no AMX plans off x86-64");
     }
 }

@@ -116,6 +116,24 @@ impl PackedMatrix {
         self.rows.div_ceil(GROUP)
     }
 
+    /// The weight type (Q4_0 or Q8_0).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Blocks of 32 values per row.
+    pub fn blocks(&self) -> usize {
+        self.nb
+    }
+
+    /// Block `b` of group `g`: the eight f16 scales, then the quant chunks (see the
+    /// module's layout).
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn group_block(&self, g: usize, b: usize) -> &[u8] {
+        let gb = Self::block_bytes(self.dtype);
+        &self.data[(g * self.nb + b) * gb..][..gb]
+    }
+
     /// Dot products of group `g`'s eight rows with up to [`MAX_TOKENS`] activation rows
     /// (at least `cols / 32` blocks each): `out[t * GROUP + r]` for row `8g + r` and
     /// token `t`. `use_simd` selects the AVX2 (or AVX-512 VNNI) kernel where the CPU has
