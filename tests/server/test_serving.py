@@ -190,6 +190,9 @@ def test_other_error_classes(server):
     assert_error(post(server, big), 413)
     assert_error(post(server, {"prompt": [[]]}, "/v1/completions"), 400, "prompt")
     assert_error(post(server, {"prompt": [123456789]}, "/v1/completions"), 400)
+    # More prompts x n than slots + queue: refused before any is tokenized.
+    assert_error(post(server, {"prompt": ["a"] * 100}, "/v1/completions"), 400, "prompt")
+    assert_error(post(server, {"prompt": ["a"] * 20, "n": 4}, "/v1/completions"), 400, "prompt")
     with pytest.raises(openai.BadRequestError):
         server.client().chat.completions.create(model="m", messages=[])
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}

@@ -114,10 +114,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(llama2_server::serve(
+    let served = rt.block_on(llama2_server::serve(
         config,
         llama2_server::shutdown_signal(),
-    ))?;
+    ));
+    // A model still loading (a stop during the load) is not waited for.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    served?;
     eprintln!("llama2 serve: stopped");
     Ok(())
 }

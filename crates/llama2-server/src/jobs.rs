@@ -27,6 +27,8 @@ pub struct Admission {
 
 #[derive(Debug, Default)]
 struct InFlight {
+    /// Shutting down: nothing more is admitted.
+    closed: bool,
     sequences: usize,
     next_id: u64,
     /// Cancel flags of every job, so that a shutdown can end them all.
@@ -56,7 +58,13 @@ impl Admission {
     /// Takes `n` places, or says the server is full (503 with `Retry-After`).
     fn admit(self: &Arc<Self>, n: usize) -> Result<Ticket, ApiError> {
         let mut g = self.lock();
-        if g.sequences + n > self.capacity {
+        if g.closed {
+            return Err(ApiError::unavailable(
+                "the server is shutting down",
+                "draining",
+            ));
+        }
+        if g.sequences.saturating_add(n) > self.capacity {
             return Err(ApiError::unavailable(
                 format!(
                     "the server is at capacity ({} sequences running or queued); retry later",
@@ -76,9 +84,12 @@ impl Admission {
         })
     }
 
-    /// Cancels every job in flight (shutdown): each ends within one engine step.
+    /// Cancels every job in flight and admits no more (shutdown): each ends within one
+    /// engine step.
     pub fn cancel_all(&self) {
-        for flags in self.lock().flags.values() {
+        let mut g = self.lock();
+        g.closed = true;
+        for flags in g.flags.values() {
             for f in flags {
                 f.store(true, Ordering::Relaxed);
             }
@@ -101,7 +112,12 @@ struct Ticket {
 
 impl Ticket {
     fn add_flag(&self, flag: Arc<AtomicBool>) {
-        if let Some(v) = self.admission.lock().flags.get_mut(&self.id) {
+        let mut g = self.admission.lock();
+        if g.closed {
+            // Admitted just before a shutdown: end at once.
+            flag.store(true, Ordering::Relaxed);
+        }
+        if let Some(v) = g.flags.get_mut(&self.id) {
             v.push(flag);
         }
     }

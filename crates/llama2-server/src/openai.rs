@@ -501,6 +501,28 @@ pub async fn completions(
     let top = check_top_logprobs("logprobs", req.logprobs)?;
     let logprobs = req.logprobs.is_some();
     let echo = req.echo.unwrap_or(false);
+    // Refuse what cannot fit before any prompt is tokenized or copied.
+    let count = match &req.prompt {
+        PromptField::Text(_) | PromptField::Ids(_) => 1,
+        PromptField::Texts(v) => v.len(),
+        PromptField::IdLists(v) => v.len(),
+    };
+    if count == 0 {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            "`prompt` is an empty list",
+        ));
+    }
+    let capacity = state.admission.capacity();
+    if count.saturating_mul(sampling.n) > capacity {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            format!(
+                "{count} prompts x n = {} need more sequences than the server takes at once ({capacity})",
+                sampling.n
+            ),
+        ));
+    }
     let l = Arc::clone(&llama);
     let prompts = tokio::task::spawn_blocking(move || -> Result<Vec<Prompt>, ApiError> {
         let tok = l.tokenizer();
@@ -529,12 +551,6 @@ pub async fn completions(
     })
     .await
     .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))??;
-    if prompts.is_empty() {
-        return Err(ApiError::invalid_param(
-            "prompt",
-            "`prompt` is an empty list",
-        ));
-    }
     for (i, p) in prompts.iter().enumerate() {
         let param = if prompts.len() == 1 {
             "prompt".to_string()
@@ -545,8 +561,8 @@ pub async fn completions(
     }
     let seed = seed_for(&state, &sampling);
     let n = sampling.n;
-    let total = prompts.len().saturating_mul(n);
-    let mut requests = Vec::with_capacity(total.min(state.admission.capacity()));
+    let total = prompts.len() * n;
+    let mut requests = Vec::with_capacity(total);
     for (pi, p) in prompts.iter().enumerate() {
         for j in 0..n {
             let mut options = seq_options(&sampling, seed, j, llama.eos_ids(), false, top);

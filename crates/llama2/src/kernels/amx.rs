@@ -1,6 +1,6 @@
 //! Intel AMX (tile matrix multiply) products of Q4_1 ([`super::qdot`]) and Q4_0
-//! ([`super::packed`]) weights with 8-bit activations, for batches of [`MIN_TOKENS`] or
-//! more tokens (prompts).
+//! ([`super::packed`]) weights with 8-bit activations, for products of [`MIN_TOKENS`] or
+//! more activation rows (prompts, or decode steps of 16+ sequences).
 //!
 //! One `tdpbsud` multiplies a tile of 16 tokens' signed 8-bit activations of one block
 //! (16 × 32 bytes) by that block of 16 weight rows as unsigned nibbles, in the
@@ -38,6 +38,7 @@ pub fn available() -> bool {
     *AVAILABLE.get_or_init(|| {
         if !(std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("f16c")
             && std::arch::is_x86_feature_detected!("fma"))
         {
@@ -258,7 +259,7 @@ impl Weights {
                 for (j, c) in chunks.iter_mut().enumerate() {
                     let q = _mm256_loadu_si256(blk.as_ptr().add(SCALES + 32 * j) as *const __m256i);
                     *c = if k == 0 {
-                        _mm512_castsi256_si512(q)
+                        _mm512_zextsi256_si512(q)
                     } else {
                         _mm512_inserti64x4::<1>(*c, q)
                     };

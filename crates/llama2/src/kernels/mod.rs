@@ -126,8 +126,9 @@ pub enum Precision {
     /// llama.cpp's arithmetic: for Q8_0, Q4_0 and Q4_1 weights, activations are
     /// quantized to 8-bit blocks and multiplied as integers. Q4_0 and Q8_0 weights are
     /// interleaved at first use and summed per block as llama.cpp's repacked kernels do
-    /// ([`packed`]); Q4_1 keeps llama.cpp's `vec_dot` lane arithmetic, its rows interleaved
-    /// four at a time ([`qdot`]); Q4_K, Q5_K and Q6_K meet activations quantized to
+    /// ([`packed`]); Q4_1 rows are interleaved four at a time and summed per block
+    /// ([`qdot`]); products of 16+ rows run on AMX tiles where the CPU has them, with the
+    /// same bits; Q4_K, Q5_K and Q6_K meet activations quantized to
     /// 256-value blocks, as llama.cpp's Q8_K, in the file layout ([`kquant`]).
     #[default]
     Fast,

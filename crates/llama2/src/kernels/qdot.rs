@@ -3,11 +3,12 @@
 //!
 //! Activations are quantized per 32-value block exactly like its x86
 //! `quantize_row_q8_0`/`q8_1` (scale `amax/127`, values rounded half-to-even). Q4_1
-//! products follow its `vec_dot_q4_1_q8_1`: integer products summed in eight lanes of
-//! four values, lanes scaled and accumulated with fused multiply-adds, one horizontal
-//! sum, plus the minimums times the activation sums. Mirroring that arithmetic keeps
-//! greedy outputs on llama.cpp's for the same GGUF files (the default model is Q4_1).
-//! Q4_0 and Q8_0 go through [`super::packed`] instead.
+//! products take ggml's formula per block, `d_w * d_a * sum + m_w * s_a`, with the
+//! block's exact integer sum (as llama.cpp's AMX and repacked kernels compute sums; its
+//! `vec_dot_q4_1_q8_1` adds eight lane partials instead): every kernel here, the tile
+//! unit's ([`super::amx`]) included, gives the same bits, so a row does not depend on
+//! the batch. Greedy outputs stay on llama.cpp's for the parity fixtures (the default
+//! model is Q4_1). Q4_0 and Q8_0 go through [`super::packed`] instead.
 //!
 //! For speed Q4_1 rows are interleaved four at a time ([`InterleavedQ4_1`]), so that a
 //! block of four rows is one load and their products fill one register; the
@@ -46,7 +47,10 @@ pub fn quantize_activations(x: &[f32], out: &mut Vec<Q8Block>) {
         out.reserve(x.len() / QK);
         for chunk in x.chunks_exact(QK) {
             // SAFETY: AVX-512 F/BW/VL checked; `chunk` is 32 floats.
-            out.push(unsafe { quantize_block_avx512(chunk) });
+            let fast = unsafe { quantize_block_avx512(chunk) };
+            // Infinities and NaNs convert differently in the two (a NaN product is 0 in
+            // Rust's cast, i32::MIN in `vcvtps2dq`): such blocks take the portable code.
+            out.push(fast.unwrap_or_else(|| quantize_block(chunk)));
         }
         return;
     }
@@ -57,11 +61,15 @@ pub fn quantize_activations(x: &[f32], out: &mut Vec<Q8Block>) {
 /// nearest even by the default rounding mode), sixteen values at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn quantize_block_avx512(chunk: &[f32]) -> Q8Block {
+unsafe fn quantize_block_avx512(chunk: &[f32]) -> Option<Q8Block> {
     use std::arch::x86_64::*;
     let a = _mm512_loadu_ps(chunk.as_ptr());
     let b = _mm512_loadu_ps(chunk.as_ptr().add(16));
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, a) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(b, b);
     let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    if nan != 0 || !amax.is_finite() {
+        return None;
+    }
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, _mm512_set1_ps(id)));
@@ -74,35 +82,38 @@ unsafe fn quantize_block_avx512(chunk: &[f32]) -> Q8Block {
         _mm512_cvtepi32_epi8(qb),
     );
     let d16 = f16::from_f32(d);
-    Q8Block {
+    Some(Q8Block {
         d: d16.to_f32(),
         s: f16::from_f32(d * sum as f32).to_f32(),
         qs,
         sum,
-    }
+    })
 }
 
 /// [`quantize_activations`] in portable code.
 pub fn quantize_activations_portable(x: &[f32], out: &mut Vec<Q8Block>) {
     out.clear();
-    for chunk in x.chunks_exact(QK) {
-        let amax = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        let mut qs = [0i8; QK];
-        let mut sum = 0i32;
-        for (q, v) in qs.iter_mut().zip(chunk) {
-            let r = round_half_even(v * id) as i32;
-            *q = r as i8;
-            sum += r;
-        }
-        let d16 = f16::from_f32(d);
-        out.push(Q8Block {
-            d: d16.to_f32(),
-            s: f16::from_f32(d * sum as f32).to_f32(),
-            qs,
-            sum,
-        });
+    out.extend(x.chunks_exact(QK).map(quantize_block));
+}
+
+/// One block in portable code.
+fn quantize_block(chunk: &[f32]) -> Q8Block {
+    let amax = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut qs = [0i8; QK];
+    let mut sum = 0i32;
+    for (q, v) in qs.iter_mut().zip(chunk) {
+        let r = round_half_even(v * id) as i32;
+        *q = r as i8;
+        sum += r;
+    }
+    let d16 = f16::from_f32(d);
+    Q8Block {
+        d: d16.to_f32(),
+        s: f16::from_f32(d * sum as f32).to_f32(),
+        qs,
+        sum,
     }
 }
 
@@ -545,10 +556,17 @@ mod tests {
         for v in &mut x[96..128] {
             *v *= 1e-6;
         }
+        x[130] = f32::INFINITY;
+        x[170] = f32::NAN;
         let (mut fast, mut portable) = (Vec::new(), Vec::new());
         quantize_activations(&x, &mut fast);
         quantize_activations_portable(&x, &mut portable);
-        assert_eq!(fast, portable);
+        let bits = |v: &[Q8Block]| -> Vec<(u32, u32, [i8; QK], i32)> {
+            v.iter()
+                .map(|b| (b.d.to_bits(), b.s.to_bits(), b.qs, b.sum))
+                .collect()
+        };
+        assert_eq!(bits(&fast), bits(&portable));
     }
 
     /// Every kernel and token count gives, element for element, the bits of the
