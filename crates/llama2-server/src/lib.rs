@@ -435,3 +435,99 @@ pub async fn serve(
     drop(loader);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    fn config(api_key: Option<&str>) -> ServerConfig {
+        ServerConfig {
+            model_path: "model.gguf".into(),
+            tokenizer: None,
+            template: TemplateChoice::Auto,
+            ctx_size: None,
+            parallel: 1,
+            queue: 0,
+            threads: None,
+            kv_type: None,
+            step_tokens: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            api_key: api_key.map(String::from),
+            model_id: None,
+            body_limit: DEFAULT_BODY_LIMIT,
+            shutdown_grace: Duration::from_secs(1),
+        }
+    }
+
+    async fn boom() -> &'static str {
+        panic!("a bug in a handler")
+    }
+
+    /// The routes plus one whose handler panics.
+    fn app(state: Arc<AppState>) -> Router {
+        Router::new()
+            .route("/boom", get(boom))
+            .route("/health", get(admin::health))
+            .layer(middleware::from_fn_with_state(Arc::clone(&state), guard))
+            .with_state(state)
+    }
+
+    async fn call(app: &Router, path: &str, key: Option<&str>) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::builder().uri(path);
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let resp = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_500_and_the_server_goes_on() {
+        let state = Arc::new(AppState::new(&config(None)));
+        let app = app(Arc::clone(&state));
+        let (status, body) = call(&app, "/boom", None).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a bug in a handler"));
+        let (status, body) = call(&app, "/health", None).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("loading"))
+        );
+        state.drain();
+        let (_, body) = call(&app, "/health", None).await;
+        assert_eq!(body["status"], "draining");
+    }
+
+    #[tokio::test]
+    async fn the_key_is_checked_everywhere_but_health() {
+        let state = Arc::new(AppState::new(&config(Some("k3y"))));
+        let app = app(state);
+        assert_eq!(call(&app, "/boom", None).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            call(&app, "/boom", Some("k3z")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(&app, "/boom", Some("k3y")).await.0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            call(&app, "/health", None).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}
