@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::stream::{self, Stream, StreamExt};
+use futures_util::stream::{self, StreamExt};
 use llama2::engine::{FinishReason, Finished, TokenOut};
 use llama2::{Dialog, Llama, Message, Request, Role, SeqOptions, Tokenizer};
 use serde_json::{json, Value};
@@ -323,18 +323,12 @@ pub async fn chat_completions(
         model: state.model_id.clone(),
     };
     if sampling.stream {
-        let s = ChatStream {
-            job,
-            head,
+        let format = ChatChunks {
             llama,
             n: sampling.n,
-            include_usage: sampling.include_usage,
             logprobs,
-            usage: Usage::default(),
-            started: false,
-            ended: false,
         };
-        return Ok(sse(s.into_stream()));
+        return Ok(ChunkStream::new(job, head, format, sampling.include_usage).into_response());
     }
     let (acc, usage) = collect(job, sampling.n, |i| i == 0).await?;
     let tok = llama.tokenizer();
@@ -356,16 +350,7 @@ pub async fn chat_completions(
             })
         })
         .collect();
-    Ok(Json(json!({
-        "id": head.id,
-        "object": "chat.completion",
-        "created": head.created,
-        "model": head.model,
-        "choices": choices,
-        "usage": usage.json(),
-        "system_fingerprint": crate::FINGERPRINT,
-    }))
-    .into_response())
+    Ok(whole(&head, "chat.completion", choices, usage))
 }
 
 /// Fields every chunk of one response repeats.
@@ -376,34 +361,54 @@ struct Head {
     model: String,
 }
 
-/// An SSE response from a stream of JSON chunks; `[DONE]` is added by the streams.
-fn sse(events: impl Stream<Item = SseEvent> + Send + 'static) -> Response {
-    Sse::new(events.map(Ok::<_, Infallible>)).into_response()
-}
-
 fn data(v: &Value) -> SseEvent {
     SseEvent::default().data(v.to_string())
 }
 
-/// A chat answer as `chat.completion.chunk`s: a role delta per choice, content deltas,
-/// a final chunk per choice with its finish reason, the usage chunk when asked, `[DONE]`.
-struct ChatStream {
+/// What one endpoint's chunks look like.
+trait ChunkFormat: Send + 'static {
+    /// The chunks' `object`.
+    const OBJECT: &'static str;
+    /// Choices of a first chunk sent before any token (none: no such chunk).
+    fn opening(&self) -> Vec<Value>;
+    /// The choice for generated token `t` of choice `i` (`None`: nothing to send).
+    fn token(&self, i: usize, t: &TokenOut) -> Option<Value>;
+    /// The last choice of choice `i`, with its finish reason.
+    fn done(&self, i: usize, f: &Finished) -> Value;
+    /// Whether choice `i`'s prompt counts in the usage (once per prompt).
+    fn counts_prompt(&self, i: usize) -> bool;
+}
+
+/// A streamed answer: the format's opening chunk, a chunk per token and per finished
+/// choice, the usage chunk (empty `choices`) when asked, then `[DONE]`. Dropping it
+/// (the client went away) drops the job, which cancels what still runs.
+struct ChunkStream<F> {
     job: Job,
     head: Head,
-    llama: Arc<Llama>,
-    n: usize,
+    format: F,
     include_usage: bool,
-    logprobs: bool,
     usage: Usage,
     started: bool,
     ended: bool,
 }
 
-impl ChatStream {
+impl<F: ChunkFormat> ChunkStream<F> {
+    fn new(job: Job, head: Head, format: F, include_usage: bool) -> Self {
+        ChunkStream {
+            job,
+            head,
+            format,
+            include_usage,
+            usage: Usage::default(),
+            started: false,
+            ended: false,
+        }
+    }
+
     fn chunk(&self, choices: Vec<Value>) -> Value {
         let mut v = json!({
             "id": self.head.id,
-            "object": "chat.completion.chunk",
+            "object": F::OBJECT,
             "created": self.head.created,
             "model": self.head.model,
             "system_fingerprint": crate::FINGERPRINT,
@@ -421,36 +426,22 @@ impl ChatStream {
         }
         if !self.started {
             self.started = true;
-            let choices = (0..self.n)
-                .map(|i| {
-                    json!({"index": i, "delta": {"role": "assistant", "content": ""},
-                           "logprobs": null, "finish_reason": null})
-                })
-                .collect();
-            return Some(vec![data(&self.chunk(choices))]);
+            let opening = self.format.opening();
+            if !opening.is_empty() {
+                return Some(vec![data(&self.chunk(opening))]);
+            }
         }
         match self.job.next().await {
-            Some(Ok(Update::Token(i, t))) => {
-                if t.text.is_empty() && !self.logprobs {
-                    return Some(Vec::new());
-                }
-                let lp = self
-                    .logprobs
-                    .then(|| json!({"content": [chat_logprob(self.llama.tokenizer(), &t)]}));
-                let c = json!({"index": i, "delta": {"content": t.text}, "logprobs": lp,
-                               "finish_reason": null});
-                Some(vec![data(&self.chunk(vec![c]))])
-            }
+            Some(Ok(Update::Token(i, t))) => Some(
+                self.format
+                    .token(i, &t)
+                    .map(|c| data(&self.chunk(vec![c])))
+                    .into_iter()
+                    .collect(),
+            ),
             Some(Ok(Update::Done(i, f))) => {
-                self.usage.add(&f, i == 0);
-                let delta = if f.text.is_empty() {
-                    json!({})
-                } else {
-                    json!({"content": f.text})
-                };
-                let c = json!({"index": i, "delta": delta, "logprobs": null,
-                               "finish_reason": finish_reason(f.reason)});
-                Some(vec![data(&self.chunk(vec![c]))])
+                self.usage.add(&f, self.format.counts_prompt(i));
+                Some(vec![data(&self.chunk(vec![self.format.done(i, &f)]))])
             }
             Some(Err(e)) => {
                 self.ended = true;
@@ -470,13 +461,76 @@ impl ChatStream {
         }
     }
 
-    fn into_stream(self) -> impl Stream<Item = SseEvent> + Send + 'static {
-        stream::unfold(self, |mut s| async move {
+    fn into_response(self) -> Response {
+        let events = stream::unfold(self, |mut s| async move {
             let evs = s.next_events().await?;
             Some((stream::iter(evs), s))
         })
-        .flatten()
+        .flatten();
+        Sse::new(events.map(Ok::<_, Infallible>)).into_response()
     }
+}
+
+/// `chat.completion.chunk`s: a role delta per choice first, content deltas, a final
+/// delta with the finish reason.
+struct ChatChunks {
+    llama: Arc<Llama>,
+    n: usize,
+    logprobs: bool,
+}
+
+impl ChunkFormat for ChatChunks {
+    const OBJECT: &'static str = "chat.completion.chunk";
+
+    fn opening(&self) -> Vec<Value> {
+        (0..self.n)
+            .map(|i| {
+                json!({"index": i, "delta": {"role": "assistant", "content": ""},
+                       "logprobs": null, "finish_reason": null})
+            })
+            .collect()
+    }
+
+    fn token(&self, i: usize, t: &TokenOut) -> Option<Value> {
+        if t.text.is_empty() && !self.logprobs {
+            return None;
+        }
+        let lp = self
+            .logprobs
+            .then(|| json!({"content": [chat_logprob(self.llama.tokenizer(), t)]}));
+        Some(
+            json!({"index": i, "delta": {"content": t.text}, "logprobs": lp,
+                    "finish_reason": null}),
+        )
+    }
+
+    fn done(&self, i: usize, f: &Finished) -> Value {
+        let delta = if f.text.is_empty() {
+            json!({})
+        } else {
+            json!({"content": f.text})
+        };
+        json!({"index": i, "delta": delta, "logprobs": null,
+               "finish_reason": finish_reason(f.reason)})
+    }
+
+    fn counts_prompt(&self, i: usize) -> bool {
+        i == 0
+    }
+}
+
+/// A whole (non-streamed) answer.
+fn whole(head: &Head, object: &str, choices: Vec<Value>, usage: Usage) -> Response {
+    Json(json!({
+        "id": head.id,
+        "object": object,
+        "created": head.created,
+        "model": head.model,
+        "choices": choices,
+        "usage": usage.json(),
+        "system_fingerprint": crate::FINGERPRINT,
+    }))
+    .into_response()
 }
 
 // ---- completions ---------------------------------------------------------------------
@@ -588,22 +642,16 @@ pub async fn completions(
         model: state.model_id.clone(),
     };
     if sampling.stream {
-        let s = CompletionStream {
-            job,
-            head,
+        let format = CompletionChunks {
             llama,
             prompts,
             n,
             echo,
             logprobs,
-            include_usage: sampling.include_usage,
-            usage: Usage::default(),
-            started: false,
-            ended: false,
         };
-        return Ok(sse(s.into_stream()));
+        return Ok(ChunkStream::new(job, head, format, sampling.include_usage).into_response());
     }
-    let (acc, usage) = collect(job, total, |i| i % n == 0).await?;
+    let (acc, usage) = collect(job, total, |i| i.is_multiple_of(n)).await?;
     let tok = llama.tokenizer();
     let choices: Vec<Value> = acc
         .iter()
@@ -623,16 +671,7 @@ pub async fn completions(
             json!({"index": i, "text": text, "logprobs": lp, "finish_reason": reason})
         })
         .collect();
-    Ok(Json(json!({
-        "id": head.id,
-        "object": "text_completion",
-        "created": head.created,
-        "model": head.model,
-        "choices": choices,
-        "usage": usage.json(),
-        "system_fingerprint": crate::FINGERPRINT,
-    }))
-    .into_response())
+    Ok(whole(&head, "text_completion", choices, usage))
 }
 
 /// The legacy completions `logprobs` object: tokens, their log-probabilities, the top
@@ -675,101 +714,55 @@ fn completion_logprobs(tok: &Tokenizer, p: &Prompt, c: &ChoiceAcc, echo: bool) -
     json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
 }
 
-/// A completion as `text_completion` chunks.
-struct CompletionStream {
-    job: Job,
-    head: Head,
+/// `text_completion` chunks: the prompts first with `echo`, then text pieces, then a
+/// final piece with the finish reason.
+struct CompletionChunks {
     llama: Arc<Llama>,
     prompts: Vec<Prompt>,
     n: usize,
     echo: bool,
     logprobs: bool,
-    include_usage: bool,
-    usage: Usage,
-    started: bool,
-    ended: bool,
 }
 
-impl CompletionStream {
-    fn chunk(&self, choices: Vec<Value>) -> Value {
-        let mut v = json!({
-            "id": self.head.id,
-            "object": "text_completion",
-            "created": self.head.created,
-            "model": self.head.model,
-            "system_fingerprint": crate::FINGERPRINT,
-            "choices": choices,
-        });
-        if self.include_usage {
-            v["usage"] = Value::Null;
+impl ChunkFormat for CompletionChunks {
+    const OBJECT: &'static str = "text_completion";
+
+    fn opening(&self) -> Vec<Value> {
+        if !self.echo {
+            return Vec::new();
         }
-        v
+        (0..self.prompts.len() * self.n)
+            .map(|i| {
+                json!({"index": i, "text": self.prompts[i / self.n].text,
+                       "logprobs": null, "finish_reason": null})
+            })
+            .collect()
     }
 
-    async fn next_events(&mut self) -> Option<Vec<SseEvent>> {
-        if self.ended {
+    fn token(&self, i: usize, t: &TokenOut) -> Option<Value> {
+        if t.text.is_empty() && !self.logprobs {
             return None;
         }
-        if !self.started {
-            self.started = true;
-            if self.echo {
-                let choices = (0..self.prompts.len() * self.n)
-                    .map(|i| {
-                        json!({"index": i, "text": self.prompts[i / self.n].text,
-                               "logprobs": null, "finish_reason": null})
-                    })
-                    .collect();
-                return Some(vec![data(&self.chunk(choices))]);
-            }
-        }
-        match self.job.next().await {
-            Some(Ok(Update::Token(i, t))) => {
-                if t.text.is_empty() && !self.logprobs {
-                    return Some(Vec::new());
-                }
-                let lp = self.logprobs.then(|| {
-                    let tok = self.llama.tokenizer();
-                    let top: serde_json::Map<String, Value> = t
-                        .top_logprobs
-                        .iter()
-                        .map(|&(id, lp)| (token_text(tok, id).0, json!(lp)))
-                        .collect();
-                    json!({"tokens": [token_text(tok, t.id).0], "token_logprobs": [t.logprob],
-                           "top_logprobs": [top], "text_offset": [0]})
-                });
-                let c = json!({"index": i, "text": t.text, "logprobs": lp, "finish_reason": null});
-                Some(vec![data(&self.chunk(vec![c]))])
-            }
-            Some(Ok(Update::Done(i, f))) => {
-                self.usage.add(&f, i % self.n == 0);
-                let c = json!({"index": i, "text": f.text, "logprobs": null,
-                               "finish_reason": finish_reason(f.reason)});
-                Some(vec![data(&self.chunk(vec![c]))])
-            }
-            Some(Err(e)) => {
-                self.ended = true;
-                Some(vec![data(&e.body()), SseEvent::default().data("[DONE]")])
-            }
-            None => {
-                self.ended = true;
-                let mut out = Vec::new();
-                if self.include_usage {
-                    let mut u = self.chunk(Vec::new());
-                    u["usage"] = self.usage.json();
-                    out.push(data(&u));
-                }
-                out.push(SseEvent::default().data("[DONE]"));
-                Some(out)
-            }
-        }
+        let lp = self.logprobs.then(|| {
+            let tok = self.llama.tokenizer();
+            let top: serde_json::Map<String, Value> = t
+                .top_logprobs
+                .iter()
+                .map(|&(id, lp)| (token_text(tok, id).0, json!(lp)))
+                .collect();
+            json!({"tokens": [token_text(tok, t.id).0], "token_logprobs": [t.logprob],
+                   "top_logprobs": [top], "text_offset": [0]})
+        });
+        Some(json!({"index": i, "text": t.text, "logprobs": lp, "finish_reason": null}))
     }
 
-    fn into_stream(self) -> impl Stream<Item = SseEvent> + Send + 'static {
-        stream::unfold(self, |mut s| async move {
-            let evs = s.next_events().await?;
-            Some((stream::iter(evs), s))
-        })
-        .flatten()
+    fn done(&self, i: usize, f: &Finished) -> Value {
+        json!({"index": i, "text": f.text, "logprobs": null,
+               "finish_reason": finish_reason(f.reason)})
+    }
+
+    fn counts_prompt(&self, i: usize) -> bool {
+        i.is_multiple_of(self.n)
     }
 }
 
