@@ -449,77 +449,14 @@ mod tests {
     use crate::kernels::qdot::{dot_q4_1_reference, quantize_activations};
     use crate::kernels::test_values as values;
 
-    /// Random Q4_1 rows in ggml's layout.
-    fn q4_1_rows(rows: usize, cols: usize) -> Vec<u8> {
-        let x = values(rows * cols, 11);
-        let mut out = Vec::new();
-        crate::quant::quantize(crate::dtype::DType::Q4_1, &x, &mut out).unwrap();
-        out
-    }
-
-    fn q8_rows(x: &[f32], cols: usize) -> Vec<Vec<Q8Block>> {
-        x.chunks_exact(cols)
-            .map(|r| {
-                let mut v = Vec::new();
-                quantize_activations(r, &mut v);
-                v
-            })
-            .collect()
-    }
-
-    #[test]
-    fn amx_q4_0_products_have_the_reference_bits() {
-        if !available() {
-            eprintln!("no AMX-INT8 here: the AMX kernel is not tested");
-            return;
-        }
-        for (rows, cols, n) in [(16, 64, 16), (40, 96, 37), (24, 576, 130)] {
-            let x = values(rows * cols, 13);
-            let mut src = Vec::new();
-            crate::quant::quantize(DType::Q4_0, &x, &mut src).unwrap();
-            let pool = WorkerPool::new(1).unwrap();
-            let w = PackedMatrix::pack(DType::Q4_0, &src, rows, cols, &pool).unwrap();
-            let acts = q8_rows(&values(n * cols, 7), cols);
-            let tiled = TiledActs::new(&acts, cols / QK);
-            let mut out = vec![f32::NAN; n * rows];
-            // SAFETY: AMX checked above; `out` holds n * rows floats.
-            unsafe {
-                panels(
-                    Source::Q4_0(&w),
-                    &tiled,
-                    0,
-                    rows.div_ceil(PANEL_ROWS),
-                    out.as_mut_ptr(),
-                )
-            };
-            let row_bytes = src.len() / rows;
-            for t in 0..n {
-                for r in 0..rows {
-                    let row = &src[r * row_bytes..][..row_bytes];
-                    let want = crate::kernels::packed::dot_reference(DType::Q4_0, row, &acts[t]);
-                    let got = out[t * rows + r];
-                    assert_eq!(
-                        got.to_bits(),
-                        want.to_bits(),
-                        "token {t} row {r}: {got} vs {want}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn amx_products_match_the_reference() {
-        if !available() {
-            eprintln!("no AMX-INT8 here: the AMX kernel is not tested");
-            return;
-        }
+    /// For `dtype` (Q4_1 or Q4_0) and several shapes (partial last panel, partial last
+    /// token tile): every product of the tiles has the bits of the type's reference dot.
+    fn check(dtype: DType, reference: fn(&[u8], &[Q8Block]) -> f32) {
         for (rows, cols, n) in [(16, 64, 16), (40, 96, 37), (48, 576, 130)] {
-            let src = q4_1_rows(rows, cols);
+            let mut src = Vec::new();
+            crate::quant::quantize(dtype, &values(rows * cols, 11), &mut src).unwrap();
             let pool = WorkerPool::new(1).unwrap();
-            let w = InterleavedQ4_1::pack(&src, rows, cols, &pool).unwrap();
-            let x = values(n * cols, 5);
-            let acts: Vec<Vec<Q8Block>> = x
+            let acts: Vec<Vec<Q8Block>> = values(n * cols, 5)
                 .chunks_exact(cols)
                 .map(|r| {
                     let mut v = Vec::new();
@@ -529,10 +466,19 @@ mod tests {
                 .collect();
             let tiled = TiledActs::new(&acts, cols / QK);
             let mut out = vec![f32::NAN; n * rows];
-            // SAFETY: AMX checked above; `out` holds n * rows floats.
+            let q4_1;
+            let q4_0;
+            let source = if dtype == DType::Q4_1 {
+                q4_1 = InterleavedQ4_1::pack(&src, rows, cols, &pool).unwrap();
+                Source::Q4_1(&q4_1)
+            } else {
+                q4_0 = PackedMatrix::pack(dtype, &src, rows, cols, &pool).unwrap();
+                Source::Q4_0(&q4_0)
+            };
+            // SAFETY: AMX checked by the callers; `out` holds n * rows floats.
             unsafe {
                 panels(
-                    Source::Q4_1(&w),
+                    source,
                     &tiled,
                     0,
                     rows.div_ceil(PANEL_ROWS),
@@ -543,15 +489,26 @@ mod tests {
             for t in 0..n {
                 for r in 0..rows {
                     let got = out[t * rows + r];
-                    let row = &src[r * row_bytes..][..row_bytes];
-                    let want = dot_q4_1_reference(row, &acts[t]);
+                    let want = reference(&src[r * row_bytes..][..row_bytes], &acts[t]);
                     assert_eq!(
                         got.to_bits(),
                         want.to_bits(),
-                        "rows {rows} cols {cols} token {t} row {r}: {got} vs {want}"
+                        "{dtype:?} rows {rows} cols {cols} token {t} row {r}: {got} vs {want}"
                     );
                 }
             }
         }
+    }
+
+    #[test]
+    fn amx_products_have_the_reference_bits() {
+        if !available() {
+            eprintln!("no AMX-INT8 here: the AMX kernel is not tested");
+            return;
+        }
+        check(DType::Q4_1, dot_q4_1_reference);
+        check(DType::Q4_0, |row, acts| {
+            crate::kernels::packed::dot_reference(DType::Q4_0, row, acts)
+        });
     }
 }
