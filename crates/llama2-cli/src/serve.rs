@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use llama2_server::{ServerConfig, DEFAULT_BODY_LIMIT};
+use llama2_server::ServerConfig;
 
 use crate::{KvTypeArg, TemplateArg};
 
@@ -56,11 +56,12 @@ pub struct ServeArgs {
     /// Model name in answers and /v1/models (default: the file's stem).
     #[arg(long)]
     alias: Option<String>,
-    /// Largest request body in bytes.
-    #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
-    max_body: usize,
-    /// Seconds to wait for open responses after SIGTERM or Ctrl-C.
-    #[arg(long, default_value_t = 10)]
+    /// Largest request body in bytes (at most 1 GiB).
+    #[arg(long, default_value_t = llama2_server::DEFAULT_BODY_LIMIT as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    max_body: u64,
+    /// Seconds to wait for open responses after SIGTERM or Ctrl-C (at most a day).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     shutdown_grace: u64,
 }
 
@@ -104,7 +105,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         addr: SocketAddr::new(a.host, a.port),
         api_key,
         model_id: a.alias,
-        body_limit: a.max_body,
+        body_limit: a.max_body as usize,
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
     };
     // The engine has its own worker threads; HTTP needs only a couple.

@@ -389,3 +389,37 @@ fn f16_kv_reserves_half_of_f32() {
         f32.engine().kv_reserved_bytes()
     );
 }
+
+#[test]
+fn out_of_range_settings_are_refused_before_anything_is_reserved() {
+    let open = || {
+        Llama::builder(model_dir("tiny-gqa").join("meta"), tokenizer_path())
+            .max_seq_len(96)
+            .max_batch_size(2)
+            .threads(1)
+    };
+    let refused = |b: llama2::LlamaBuilder, what: &str| match b.build() {
+        Err(llama2::Error::InvalidArgument(m)) => assert!(m.contains(what), "{m}"),
+        other => panic!("{what}: expected a refusal, got {other:?}"),
+    };
+    refused(open().max_seq_len(usize::MAX), "context");
+    refused(
+        open().max_seq_len(llama2::engine::MAX_CONTEXT + 1),
+        "context",
+    );
+    refused(
+        open().max_batch_size(llama2::engine::MAX_SLOTS + 1),
+        "slots",
+    );
+    refused(open().threads(llama2::engine::max_threads() + 1), "threads");
+    refused(open().step_tokens(usize::MAX), "step_tokens");
+    // The largest context and slots the ranges allow still need far more memory than
+    // any machine running these tests has: the memory check refuses them.
+    refused(
+        open()
+            .max_seq_len(llama2::engine::MAX_CONTEXT)
+            .max_batch_size(llama2::engine::MAX_SLOTS),
+        "memory",
+    );
+    assert!(open().build().is_ok());
+}

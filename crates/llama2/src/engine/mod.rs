@@ -33,6 +33,26 @@ use crate::tokenizer::Tokenizer;
 use scheduler::Scheduler;
 use sequence::Sequence;
 
+/// Most positions per slot an engine takes (the RoPE table and KV cache grow with it).
+pub const MAX_CONTEXT: usize = 1 << 20;
+/// Most slots an engine takes.
+pub const MAX_SLOTS: usize = 4096;
+/// Most tokens per step an engine takes.
+pub const MAX_STEP_TOKENS: usize = 1 << 16;
+
+/// Most worker threads: eight per logical CPU (more only queue for the same cores).
+pub fn max_threads() -> usize {
+    8 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Total physical memory in bytes, where the system says (Linux `/proc/meminfo`).
+fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// How an [`Engine`] is set up.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -137,9 +157,23 @@ impl Engine {
         tokenizer: Arc<Tokenizer>,
         config: EngineConfig,
     ) -> Result<Engine> {
-        if config.threads == 0 {
-            return Err(Error::InvalidArgument("threads must be at least 1".into()));
-        }
+        let range = |name: &str, v: usize, max: usize| {
+            if (1..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument(format!(
+                    "{name} must be between 1 and {max}, got {v}"
+                )))
+            }
+        };
+        range("threads", config.threads, max_threads())?;
+        range(
+            "the context per slot (max_seq_len)",
+            config.ctx,
+            MAX_CONTEXT,
+        )?;
+        range("the slots (max_batch_size)", config.slots, MAX_SLOTS)?;
+        range("step_tokens", config.step_tokens, MAX_STEP_TOKENS)?;
         if tokenizer.n_words() != model.vocab_size() {
             return Err(Error::InvalidArgument(format!(
                 "the tokenizer has {} pieces but the model's vocabulary has {} rows",
@@ -149,6 +183,22 @@ impl Engine {
         }
         let kv = KvPool::new(model.args(), config.slots, config.ctx, config.kv_type)?;
         let kv_reserved = kv.reserved_bytes();
+        // The cache fills as slots do; refuse one that could never fit rather than fail
+        // (or swap) once it is full.
+        if let Some(total) = physical_memory() {
+            if kv_reserved as u64 > total {
+                let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+                return Err(Error::InvalidArgument(format!(
+                    "a {} KV cache of {} slots x {} positions needs {:.1} GiB, more than this \
+                     machine's {:.1} GiB of memory: lower the context or the slots",
+                    config.kv_type.name(),
+                    config.slots,
+                    config.ctx,
+                    gib(kv_reserved as u64),
+                    gib(total)
+                )));
+            }
+        }
         let threads = config.threads;
         let pool = WorkerPool::new(threads)
             .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} threads: {e}")))?;
