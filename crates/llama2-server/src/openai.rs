@@ -310,18 +310,7 @@ pub async fn chat_completions(
             tag: i as u64,
         })
         .collect();
-    let job = Job::start(
-        llama.engine(),
-        &state.admission,
-        &state.metrics,
-        requests,
-        arrived,
-    )?;
-    let head = Head {
-        id: format!("chatcmpl-{}", state.request_id()),
-        created: now_secs(),
-        model: state.model_id.clone(),
-    };
+    let (job, head) = start(&state, &llama, requests, arrived, "chatcmpl")?;
     if sampling.stream {
         let format = ChatChunks {
             llama,
@@ -351,6 +340,29 @@ pub async fn chat_completions(
         })
         .collect();
     Ok(whole(&head, "chat.completion", choices, usage))
+}
+
+/// Admits and submits a request's sequences; the response's `id` starts with `prefix`.
+fn start(
+    state: &AppState,
+    llama: &Llama,
+    requests: Vec<Request>,
+    arrived: Instant,
+    prefix: &str,
+) -> Result<(Job, Head), ApiError> {
+    let job = Job::start(
+        llama.engine(),
+        &state.admission,
+        &state.metrics,
+        requests,
+        arrived,
+    )?;
+    let head = Head {
+        id: format!("{prefix}-{}", state.request_id()),
+        created: now_secs(),
+        model: state.model_id.clone(),
+    };
+    Ok((job, head))
 }
 
 /// Fields every chunk of one response repeats.
@@ -629,18 +641,7 @@ pub async fn completions(
             });
         }
     }
-    let job = Job::start(
-        llama.engine(),
-        &state.admission,
-        &state.metrics,
-        requests,
-        arrived,
-    )?;
-    let head = Head {
-        id: format!("cmpl-{}", state.request_id()),
-        created: now_secs(),
-        model: state.model_id.clone(),
-    };
+    let (job, head) = start(&state, &llama, requests, arrived, "cmpl")?;
     if sampling.stream {
         let format = CompletionChunks {
             llama,
