@@ -1,5 +1,6 @@
 //! `llama2 serve`: flags, then the server of `llama2-server` on a tokio runtime.
 
+use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -75,7 +76,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let api_key = match (&a.api_key, &a.api_key_file) {
         (Some(k), _) => Some(k.clone()),
         (None, Some(f)) => {
-            let text = std::fs::read_to_string(f)
+            // A key file is a line: read at most 4 KiB (`/dev/zero` is not read forever).
+            let mut text = String::new();
+            std::fs::File::open(f)
+                .and_then(|file| file.take(4096).read_to_string(&mut text))
                 .with_context(|| format!("reading the API key from {}", f.display()))?;
             let key = text.lines().next().unwrap_or("").trim().to_string();
             if key.is_empty() {
@@ -87,6 +91,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
     };
     if api_key.as_deref().is_some_and(str::is_empty) {
         bail!("--api-key is empty");
+    }
+    // A key travels in an HTTP header: visible ASCII only, or no client could send it.
+    if api_key
+        .as_deref()
+        .is_some_and(|k| !k.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        bail!("the API key must be visible ASCII characters (no spaces or control bytes)");
     }
     let model_path = match &a.model {
         Some(p) => p.clone(),
