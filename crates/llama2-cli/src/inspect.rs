@@ -49,7 +49,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     }
     let template = match &m.chat_template {
         Some(src) => ChatTemplate::jinja("model", src.clone(), &m.tokenizer)?,
-        None => ChatTemplate::Llama2,
+        None => ChatTemplate::builtin_for(&m.tokenizer),
     };
     let tok = &m.tokenizer;
     let piece = |id: u32| tok.id_to_piece(id).unwrap_or("?").to_string();

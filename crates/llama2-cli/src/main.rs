@@ -148,6 +148,7 @@ pub fn kv_summary(llama: &Llama) -> String {
 pub enum TemplateArg {
     Auto,
     Llama2,
+    Llama3,
     Chatml,
 }
 
@@ -156,6 +157,7 @@ impl From<TemplateArg> for TemplateChoice {
         match t {
             TemplateArg::Auto => TemplateChoice::Auto,
             TemplateArg::Llama2 => TemplateChoice::Llama2,
+            TemplateArg::Llama3 => TemplateChoice::Llama3,
             TemplateArg::Chatml => TemplateChoice::ChatMl,
         }
     }

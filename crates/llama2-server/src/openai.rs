@@ -162,6 +162,7 @@ fn seq_options(
         logprobs: logprobs || top_logprobs > 0,
         top_logprobs,
         prompt_logprobs: false,
+        watch_ids: Vec::new(),
         seed,
         seed_stream: index as u64,
     }

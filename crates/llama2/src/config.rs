@@ -32,6 +32,129 @@ pub struct ModelArgs {
     /// Explicit FFN width (Hugging Face and GGUF configs state it); when `None` it is
     /// computed from `dim`, `ffn_dim_multiplier` and `multiple_of` as Meta does.
     pub ffn_hidden_dim: Option<usize>,
+    /// Meta's `use_scaled_rope` (Llama 3.1 and later): the `llama3` frequency scaling
+    /// with the constants of Meta's reference (`apply_scaling`: factor 8, low/high
+    /// frequency factors 1 and 4, original context 8192) unless the keys below state
+    /// others. Turned into [`ModelArgs::rope_scaling`] on load. (Llama 3.2 1B/3B were
+    /// trained with factor 32, which only their Hugging Face config states: a Meta
+    /// folder of those models needs `"rope_scaling_factor": 32`.)
+    pub use_scaled_rope: bool,
+    /// The `llama3` scaling's factor with `use_scaled_rope` (Meta's code fixes it at 8;
+    /// Llama 4's `params.json` states it as `rope_scaling_factor`).
+    pub rope_scaling_factor: Option<f64>,
+    /// The scaling's low frequency factor (default 1).
+    pub rope_low_freq_factor: Option<f64>,
+    /// The scaling's high frequency factor (default 4; Llama 4's `rope_high_freq_factor`).
+    pub rope_high_freq_factor: Option<f64>,
+    /// The context the scaling is relative to (default 8192).
+    pub rope_original_max_position_embeddings: Option<f64>,
+    /// How the rotary frequencies are rescaled for long contexts (Llama 3.1+); `None`
+    /// for plain RoPE. Set from `use_scaled_rope`, Hugging Face `rope_scaling` or GGUF
+    /// `rope_freqs.weight`.
+    #[serde(skip)]
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+/// Rotary frequency scaling (Llama 3.1's `llama3` rope type).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// The `llama3` rule: frequencies whose wavelength exceeds
+    /// `original_context / low_freq_factor` are divided by `factor`, those below
+    /// `original_context / high_freq_factor` are kept, and those between are blended.
+    Llama3 {
+        /// Divisor of the low frequencies.
+        factor: f64,
+        /// Lower edge of the blend band (as a divisor of the original context).
+        low_freq_factor: f64,
+        /// Upper edge of the blend band.
+        high_freq_factor: f64,
+        /// Context length the model was first trained for.
+        original_context: f64,
+    },
+    /// One divisor per frequency (`head_dim / 2` of them), as GGUF's `rope_freqs.weight`
+    /// stores the same rule precomputed.
+    Factors(Vec<f32>),
+}
+
+impl RopeScaling {
+    /// Checks the numbers; `half` is `head_dim / 2`.
+    fn validate(&self, half: usize) -> std::result::Result<(), String> {
+        match self {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_context,
+            } => {
+                let positive = |v: f64| v.is_finite() && v > 0.0;
+                if !(positive(*factor)
+                    && positive(*low_freq_factor)
+                    && positive(*original_context)
+                    && high_freq_factor.is_finite()
+                    && high_freq_factor > low_freq_factor)
+                {
+                    return Err(format!(
+                        "llama3 rope scaling needs positive factor, low_freq_factor < \
+                         high_freq_factor and original context (got factor {factor}, \
+                         low_freq_factor {low_freq_factor}, high_freq_factor \
+                         {high_freq_factor}, original context {original_context})"
+                    ));
+                }
+            }
+            RopeScaling::Factors(f) => {
+                if f.len() != half {
+                    return Err(format!(
+                        "rope frequency factors: {} values for {half} frequencies",
+                        f.len()
+                    ));
+                }
+                if let Some(v) = f.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                    return Err(format!("rope frequency factor {v} must be positive"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rescales `freqs` (f32, as the references compute them).
+    fn apply(&self, freqs: &mut [f32]) {
+        match self {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_context,
+            } => {
+                let (factor, low, high, old) = (
+                    *factor as f32,
+                    *low_freq_factor as f32,
+                    *high_freq_factor as f32,
+                    *original_context as f32,
+                );
+                let low_freq_wavelen = old / low;
+                let high_freq_wavelen = old / high;
+                for f in freqs.iter_mut() {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    let scaled = if wavelen > low_freq_wavelen {
+                        *f / factor
+                    } else {
+                        *f
+                    };
+                    *f = if (high_freq_wavelen..=low_freq_wavelen).contains(&wavelen) {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    } else {
+                        scaled
+                    };
+                }
+            }
+            RopeScaling::Factors(d) => {
+                for (f, d) in freqs.iter_mut().zip(d) {
+                    *f /= d;
+                }
+            }
+        }
+    }
 }
 
 impl Default for ModelArgs {
@@ -47,6 +170,12 @@ impl Default for ModelArgs {
             norm_eps: 1e-5,
             rope_theta: 10000.0,
             ffn_hidden_dim: None,
+            use_scaled_rope: false,
+            rope_scaling_factor: None,
+            rope_low_freq_factor: None,
+            rope_high_freq_factor: None,
+            rope_original_max_position_embeddings: None,
+            rope_scaling: None,
         }
     }
 }
@@ -61,8 +190,16 @@ impl ModelArgs {
 
     /// Parses and validates the JSON text of `params.json`.
     pub fn from_json(text: &str) -> Result<Self> {
-        let args: ModelArgs =
+        let mut args: ModelArgs =
             serde_json::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        if args.use_scaled_rope {
+            args.rope_scaling = Some(RopeScaling::Llama3 {
+                factor: args.rope_scaling_factor.unwrap_or(8.0),
+                low_freq_factor: args.rope_low_freq_factor.unwrap_or(1.0),
+                high_freq_factor: args.rope_high_freq_factor.unwrap_or(4.0),
+                original_context: args.rope_original_max_position_embeddings.unwrap_or(8192.0),
+            });
+        }
         args.validate()?;
         Ok(args)
     }
@@ -115,7 +252,23 @@ impl ModelArgs {
                 return bad(format!("ffn_dim_multiplier {m} must be positive"));
             }
         }
+        if let Some(s) = &self.rope_scaling {
+            s.validate(self.head_dim() / 2).map_err(Error::Config)?;
+        }
         Ok(())
+    }
+
+    /// The rotary frequencies `theta^(-2i/head_dim)` (f32, as the references compute
+    /// them) after any [`RopeScaling`].
+    pub fn rope_frequencies(&self) -> Vec<f32> {
+        let head_dim = self.head_dim();
+        let mut freqs: Vec<f32> = (0..head_dim / 2)
+            .map(|i| 1.0 / (self.rope_theta as f32).powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        if let Some(s) = &self.rope_scaling {
+            s.apply(&mut freqs);
+        }
+        freqs
     }
 
     /// Key/value heads (grouped-query attention when fewer than `n_heads`).

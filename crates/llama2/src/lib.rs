@@ -22,7 +22,7 @@ pub mod tensor;
 pub mod tokenizer;
 
 pub use chat::{ChatTemplate, Dialog, DialogError, Message, Role};
-pub use config::ModelArgs;
+pub use config::{ModelArgs, RopeScaling};
 pub use engine::{Engine, EngineConfig, FinishReason, Request, RequestHandle, SeqOptions};
 pub use error::{Error, Result};
 pub use kernels::Precision;

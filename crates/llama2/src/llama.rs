@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::chat::ChatTemplate;
 use crate::chat::{self, Dialog, Message, Role};
-use crate::engine::{Engine, EngineConfig, EventKind, Request, SeqOptions, TokenOut};
+use crate::engine::{Engine, EngineConfig, EventKind, Request, SeqOptions, SharedPool, TokenOut};
 use crate::error::{Error, Result};
 use crate::kernels::Precision;
 use crate::loader::{load_model, LoadedModel};
@@ -124,11 +124,14 @@ pub struct ChatPrediction {
 /// Which chat format [`Llama::chat_completion`] uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum TemplateChoice {
-    /// The model's own Jinja template if it ships one, else the Llama 2 format.
+    /// The model's own Jinja template if it ships one, else the built-in Llama 3 format
+    /// when the vocabulary has its header tokens, else the Llama 2 format.
     #[default]
     Auto,
     /// Meta's Llama 2 format (built in, exact).
     Llama2,
+    /// Meta's Llama 3 format (built in, exact).
+    Llama3,
     /// Built-in ChatML.
     ChatMl,
     /// A Jinja template given as source text.
@@ -148,6 +151,7 @@ pub struct LlamaBuilder {
     precision: Precision,
     kv_type: Option<KvType>,
     step_tokens: usize,
+    pool: Option<SharedPool>,
 }
 
 /// Default token budget of one engine step.
@@ -203,6 +207,13 @@ impl LlamaBuilder {
     /// float32 reference).
     pub fn kv_type(mut self, t: KvType) -> Self {
         self.kv_type = Some(t);
+        self
+    }
+
+    /// Runs on another engine's worker pool ([`Engine::pool`]) instead of starting one:
+    /// the two models then take turns on the same cores (a chat model and its guard).
+    pub fn share_pool(mut self, pool: SharedPool) -> Self {
+        self.pool = Some(pool);
         self
     }
 
@@ -292,6 +303,7 @@ impl Llama {
             precision: Precision::default(),
             kv_type: None,
             step_tokens: DEFAULT_STEP_TOKENS,
+            pool: None,
         }
     }
 
@@ -324,11 +336,12 @@ impl Llama {
         model.set_precision(b.precision);
         let template = match &b.template {
             TemplateChoice::Llama2 => ChatTemplate::Llama2,
+            TemplateChoice::Llama3 => ChatTemplate::Llama3,
             TemplateChoice::ChatMl => ChatTemplate::chatml(&tokenizer)?,
             TemplateChoice::Jinja(src) => ChatTemplate::jinja("custom", src.clone(), &tokenizer)?,
             TemplateChoice::Auto => match chat_template {
                 Some(src) => ChatTemplate::jinja("model", src, &tokenizer)?,
-                None => ChatTemplate::Llama2,
+                None => ChatTemplate::builtin_for(&tokenizer),
             },
         };
         let max_seq_len = b
@@ -342,6 +355,13 @@ impl Llama {
                     KvType::F32
                 });
         let mut eos_ids = vec![tokenizer.eos_id()];
+        // Llama 3 vocabularies: Meta's generation stops at end of turn and end of
+        // message too.
+        if ChatTemplate::builtin_for(&tokenizer) == ChatTemplate::Llama3 {
+            eos_ids.extend(ChatTemplate::Llama3.stop_ids(&tokenizer));
+            eos_ids.sort_unstable();
+            eos_ids.dedup();
+        }
         for id in generation.eos_token_ids {
             if (id as usize) < tokenizer.n_words() && !eos_ids.contains(&id) {
                 eos_ids.push(id);
@@ -358,6 +378,7 @@ impl Llama {
                 kv_type,
                 step_tokens: b.step_tokens,
                 eos_ids,
+                pool: b.pool.clone(),
             },
         )?;
         llama.template = template;
@@ -387,6 +408,7 @@ impl Llama {
                 kv_type: KvType::F32,
                 step_tokens: DEFAULT_STEP_TOKENS,
                 eos_ids,
+                pool: None,
             },
         )
     }
@@ -402,18 +424,19 @@ impl Llama {
             Some(n) => n,
             None => crate::kernels::default_threads(),
         };
-        let engine = Engine::start(
-            Arc::new(model),
-            Arc::new(tokenizer),
-            EngineConfig {
-                slots: s.max_batch_size,
-                ctx: s.max_seq_len,
-                kv_type: s.kv_type,
-                step_tokens: s.step_tokens,
-                threads,
-                eos_ids: s.eos_ids.clone(),
-            },
-        )?;
+        let config = EngineConfig {
+            slots: s.max_batch_size,
+            ctx: s.max_seq_len,
+            kv_type: s.kv_type,
+            step_tokens: s.step_tokens,
+            threads,
+            eos_ids: s.eos_ids.clone(),
+        };
+        let (model, tokenizer) = (Arc::new(model), Arc::new(tokenizer));
+        let engine = match s.pool {
+            Some(pool) => Engine::start_sharing(model, tokenizer, config, pool)?,
+            None => Engine::start(model, tokenizer, config)?,
+        };
         // Weights are rearranged for the kernels here rather than in the first request.
         engine.exclusive(|model, pool| model.prepare(pool))?;
         Ok(Llama {
@@ -935,6 +958,7 @@ struct EngineSetup {
     kv_type: KvType,
     step_tokens: usize,
     eos_ids: Vec<u32>,
+    pool: Option<SharedPool>,
 }
 
 /// Cancels a call's requests if the caller unwinds (a panicking callback).

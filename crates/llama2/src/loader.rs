@@ -148,10 +148,7 @@ fn load_hf(dir: &Path, tokenizer: Option<&Path>) -> Result<LoadedModel> {
             Tokenizer::from_file(&dir.join("tokenizer.model"))?
         }
         None if dir.join("tokenizer.json").is_file() => {
-            return Err(Error::Tokenizer(format!(
-                "{}: tokenizer.json support pending",
-                dir.display()
-            ))); // TODO(tokenizer-api)
+            Tokenizer::from_hf_json(&dir.join("tokenizer.json"))?
         }
         None => {
             return Err(Error::checkpoint(
@@ -276,6 +273,7 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
             pad_id: id("tokenizer.ggml.padding_token_id")?,
             add_bos: file.get_bool("tokenizer.ggml.add_bos_token")?,
             add_eos: file.get_bool("tokenizer.ggml.add_eos_token")?,
+            tiktoken: false,
         }),
         other => Err(Error::Tokenizer(format!(
             "GGUF tokenizer model '{other}' is not supported (supported: llama, gpt2)"

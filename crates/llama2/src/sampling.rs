@@ -130,6 +130,28 @@ pub fn logprob(logits: &[f32], token: u32) -> f32 {
     (logits[token as usize] as f64 - max - sum.ln()) as f32
 }
 
+/// `log_softmax(logits)` at each of `ids` (negative infinity outside the vocabulary);
+/// empty without ids.
+pub fn logprobs_of(logits: &[f32], ids: &[u32]) -> Vec<f32> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_z = max
+        + logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    ids.iter()
+        .map(|&id| {
+            logits
+                .get(id as usize)
+                .map_or(f32::NEG_INFINITY, |&l| (l as f64 - log_z) as f32)
+        })
+        .collect()
+}
+
 /// The `k` most likely tokens with their log-probabilities at temperature 1, most
 /// likely first (ties by id), as OpenAI's `top_logprobs` reports them.
 pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {

@@ -1,7 +1,7 @@
 //! Dialogs and chat formats: the Llama 2 format (REFERENCE §6: role validation,
 //! system-prompt merge, special-tag refusal, per-turn token layout with BOS/EOS inserted
-//! as ids, so typed `<s>` stays text) and, in [`ChatTemplate`], Jinja templates that
-//! models ship.
+//! as ids, so typed `<s>` stays text), the Llama 3 format (header tokens and `<|eot_id|>`
+//! inserted as ids) and, in [`ChatTemplate`], Jinja templates that models ship.
 
 pub(crate) mod dialog;
 mod template;
@@ -23,6 +23,22 @@ pub const E_SYS: &str = "\n<</SYS>>\n\n";
 pub const SPECIAL_TAGS: [&str; 4] = [B_INST, E_INST, "<<SYS>>", "<</SYS>>"];
 /// The reference's answer content for a dialog containing special tags.
 pub const UNSAFE_ERROR: &str = "Error: special tags are not allowed as part of the prompt.";
+
+/// Llama 3 control-token texts no message may contain (with any
+/// `<|reserved_special_token_N|>`): typed into a rendered prompt they would forge turns.
+pub const LLAMA3_CONTROL: [&str; 8] = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|python_tag|>",
+    "<|finetune_right_pad_id|>",
+];
+
+/// Prefix of Llama 3's reserved special tokens.
+pub const LLAMA3_RESERVED_PREFIX: &str = "<|reserved_special_token_";
 
 /// True when any message contains one of [`SPECIAL_TAGS`].
 pub fn has_special_tags(dialog: &[Message]) -> bool {
@@ -95,6 +111,53 @@ pub fn encode_dialog(tok: &Tokenizer, dialog: &[Message]) -> Result<Vec<u32>, Di
         ids.extend(tok.encode(&text, true, false));
     }
     Ok(ids)
+}
+
+/// The Llama 3 prompt ids for `dialog` (Meta's `ChatFormat.encode_dialog_prompt`):
+/// `<|begin_of_text|>`, then per message `<|start_header_id|>{role}<|end_header_id|>`,
+/// `"\n\n"`, the stripped content and `<|eot_id|>`, then the assistant header for the
+/// answer. Control tokens are inserted as ids; message text is plain text. The system
+/// message keeps its own header (no merge); the roles otherwise follow the Llama 2 rules.
+pub fn encode_dialog_llama3(tok: &Tokenizer, dialog: &[Message]) -> Result<Vec<u32>, DialogError> {
+    validate(dialog)?;
+    let special = |name: &str| {
+        tok.piece_to_id(name)
+            .filter(|&id| tok.is_control(id))
+            .ok_or_else(|| {
+                DialogError::Template(format!(
+                    "the Llama 3 chat format needs the special token {name}, which this \
+                     vocabulary lacks"
+                ))
+            })
+    };
+    let (bos, start, end, eot) = (
+        special("<|begin_of_text|>")?,
+        special("<|start_header_id|>")?,
+        special("<|end_header_id|>")?,
+        special("<|eot_id|>")?,
+    );
+    let header = |ids: &mut Vec<u32>, role: &str| {
+        ids.push(start);
+        ids.extend(tok.encode(role, false, false));
+        ids.push(end);
+        ids.extend(tok.encode("\n\n", false, false));
+    };
+    let mut ids = vec![bos];
+    for m in dialog {
+        header(&mut ids, m.role.as_str());
+        ids.extend(tok.encode(python_strip(&m.content), false, false));
+        ids.push(eot);
+    }
+    header(&mut ids, "assistant");
+    Ok(ids)
+}
+
+/// True when a message holds a Llama 3 control-token text.
+pub fn has_llama3_control(dialog: &[Message]) -> bool {
+    dialog.iter().any(|m| {
+        m.content.contains(LLAMA3_RESERVED_PREFIX)
+            || LLAMA3_CONTROL.iter().any(|t| m.content.contains(t))
+    })
 }
 
 #[cfg(test)]

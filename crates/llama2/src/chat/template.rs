@@ -1,4 +1,4 @@
-//! Chat templates: the built-in Llama 2 format (exact reference behaviour) and Jinja
+//! Chat templates: the built-in Llama 2 and Llama 3 formats (exact reference behaviour) and Jinja
 //! templates shipped with models (`tokenizer.chat_template` in GGUF, `chat_template` in
 //! `tokenizer_config.json`), rendered with minijinja.
 //!
@@ -10,7 +10,10 @@
 use minijinja::{Environment, ErrorKind};
 use serde::Serialize;
 
-use super::{encode_dialog, validate, DialogError, Message, SPECIAL_TAGS};
+use super::{
+    encode_dialog, encode_dialog_llama3, validate, DialogError, Message, LLAMA3_CONTROL,
+    LLAMA3_RESERVED_PREFIX, SPECIAL_TAGS,
+};
 use crate::tokenizer::Tokenizer;
 
 /// ChatML as SmolLM2, Qwen and others use it, without a default system prompt.
@@ -27,6 +30,8 @@ const TEMPLATE_FUEL: u64 = 5_000_000;
 pub enum ChatTemplate {
     /// Meta's Llama 2 format, built in: per-turn encoding with BOS/EOS as ids.
     Llama2,
+    /// Meta's Llama 3 format, built in: header tokens and `<|eot_id|>` as ids.
+    Llama3,
     /// A Jinja template.
     Jinja(JinjaTemplate),
 }
@@ -118,6 +123,17 @@ impl ChatTemplate {
         }))
     }
 
+    /// The built-in format for a model without a template of its own: Llama 3's when
+    /// the vocabulary has its header tokens, else Llama 2's.
+    pub fn builtin_for(tok: &Tokenizer) -> Self {
+        let control = |t: &str| tok.piece_to_id(t).is_some_and(|id| tok.is_control(id));
+        if control("<|start_header_id|>") && control("<|eot_id|>") {
+            ChatTemplate::Llama3
+        } else {
+            ChatTemplate::Llama2
+        }
+    }
+
     /// Built-in ChatML.
     pub fn chatml(tok: &Tokenizer) -> Result<Self, DialogError> {
         Self::jinja("chatml", CHATML, tok)
@@ -127,6 +143,7 @@ impl ChatTemplate {
     pub fn name(&self) -> &str {
         match self {
             ChatTemplate::Llama2 => "llama2",
+            ChatTemplate::Llama3 => "llama3",
             ChatTemplate::Jinja(j) => &j.name,
         }
     }
@@ -135,6 +152,11 @@ impl ChatTemplate {
     pub fn control_strings(&self) -> Vec<&str> {
         match self {
             ChatTemplate::Llama2 => SPECIAL_TAGS.to_vec(),
+            ChatTemplate::Llama3 => {
+                let mut c = LLAMA3_CONTROL.to_vec();
+                c.push(LLAMA3_RESERVED_PREFIX);
+                c
+            }
             ChatTemplate::Jinja(j) => j.control_strings.iter().map(String::as_str).collect(),
         }
     }
@@ -151,18 +173,29 @@ impl ChatTemplate {
     pub fn stop_ids(&self, tok: &Tokenizer) -> Vec<u32> {
         match self {
             ChatTemplate::Llama2 => vec![tok.eos_id()],
+            ChatTemplate::Llama3 => {
+                // Meta's stop tokens: end of text, end of message, end of turn.
+                let mut ids: Vec<u32> = ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]
+                    .iter()
+                    .filter_map(|t| tok.piece_to_id(t))
+                    .chain([tok.eos_id()])
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            }
             ChatTemplate::Jinja(j) => j.stop_ids.clone(),
         }
     }
 
     fn bos_text(&self) -> String {
         match self {
-            ChatTemplate::Llama2 => String::new(),
+            ChatTemplate::Llama2 | ChatTemplate::Llama3 => String::new(),
             ChatTemplate::Jinja(j) => j.bos_token.clone(),
         }
     }
 
-    /// The prompt text (Jinja templates only; the Llama 2 format is built from ids).
+    /// The prompt text (Jinja templates only; the built-in formats are built from ids).
     pub fn render(&self, dialog: &[Message]) -> Result<Option<String>, DialogError> {
         let ChatTemplate::Jinja(j) = self else {
             return Ok(None);
@@ -182,6 +215,9 @@ impl ChatTemplate {
     /// The prompt ids for `dialog`, after the reference's role checks.
     pub fn encode(&self, tok: &Tokenizer, dialog: &[Message]) -> Result<Vec<u32>, DialogError> {
         validate(dialog)?;
+        if *self == ChatTemplate::Llama3 {
+            return encode_dialog_llama3(tok, dialog);
+        }
         match self.render(dialog)? {
             None => encode_dialog(tok, dialog),
             Some(text) => {

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use super::ModelWeights;
-use crate::config::ModelArgs;
+use crate::config::{ModelArgs, RopeScaling};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
@@ -1052,8 +1052,8 @@ pub fn load_gguf(path: &Path) -> Result<ModelWeights> {
 /// adjacent-pair rotary layout, so nothing is permuted.
 ///
 /// Errors name what is unsupported: another architecture, partial rotary
-/// (`llama.rope.dimension_count` other than the head width), rope scaling or frequency
-/// factors, mixture-of-experts, per-layer head counts, tensors llama2 does not know
+/// (`llama.rope.dimension_count` other than the head width), rope scaling other than
+/// llama3's frequency factors (`rope_freqs.weight`), mixture-of-experts, per-layer head counts, tensors llama2 does not know
 /// (biases, ...), tensor types llama2 cannot read.
 pub fn gguf_model_weights(file: &GgufFile, path: &Path) -> Result<ModelWeights> {
     let bad = |msg: String| Error::checkpoint(path, msg);
@@ -1102,13 +1102,21 @@ pub fn gguf_model_weights(file: &GgufFile, path: &Path) -> Result<ModelWeights> 
             )));
         }
     }
-    if file.tensor_info("rope_freqs.weight").is_some() {
-        return Err(bad(
-            "rope frequency factors (tensor 'rope_freqs.weight', Llama 3.1-style rope \
-             scaling) are not supported"
-                .into(),
-        ));
-    }
+    // Llama 3.1-style scaling: llama.cpp's converter stores the `llama3` rule as one
+    // divisor per rotary frequency.
+    let rope_scaling = match file.tensor_info("rope_freqs.weight") {
+        None => None,
+        Some(_) => {
+            let t = file.tensor("rope_freqs.weight")?;
+            if t.shape.len() != 1 || t.dtype != DType::F32 {
+                return Err(bad(format!(
+                    "tensor 'rope_freqs.weight' must be a 1-D F32 vector (found {:?} {:?})",
+                    t.dtype, t.shape
+                )));
+            }
+            Some(RopeScaling::Factors(t.to_f32_vec()))
+        }
+    };
 
     let args = ModelArgs {
         dim,
@@ -1118,6 +1126,7 @@ pub fn gguf_model_weights(file: &GgufFile, path: &Path) -> Result<ModelWeights> 
         ffn_hidden_dim: Some(hidden),
         norm_eps,
         rope_theta,
+        rope_scaling,
         ..ModelArgs::default()
     };
     args.validate()
@@ -1165,6 +1174,9 @@ pub fn gguf_model_weights(file: &GgufFile, path: &Path) -> Result<ModelWeights> 
 
     let mut tensors = HashMap::with_capacity(file.tensor_infos().len() + 1);
     for info in file.tensor_infos() {
+        if info.name == "rope_freqs.weight" {
+            continue; // read into the rope scaling above
+        }
         let (meta, layer) = meta_name(&info.name).ok_or_else(|| {
             bad(format!(
                 "tensor '{}' is not part of a Llama model as llama2 supports it",

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::ModelWeights;
-use crate::config::ModelArgs;
+use crate::config::{ModelArgs, RopeScaling};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::{map_file, Storage, Tensor};
@@ -44,7 +44,7 @@ struct HfConfig {
     /// transformers 5.x: `{"rope_theta": .., "rope_type": "default"}`.
     #[serde(default)]
     rope_parameters: Option<Value>,
-    /// transformers 4.x rope scaling (only none/default is supported).
+    /// transformers 4.x rope scaling (none, default or llama3).
     #[serde(default)]
     rope_scaling: Option<Value>,
     #[serde(default)]
@@ -102,21 +102,32 @@ fn model_args(path: &Path, cfg: &HfConfig) -> Result<ModelArgs> {
     if cfg.attention_bias || cfg.mlp_bias {
         return Err(bad("attention or MLP biases are not supported".into()));
     }
-    let rope_type = |v: &Value| v.get("rope_type").or_else(|| v.get("type")).cloned();
+    let rope_type = |v: &Value| {
+        v.get("rope_type")
+            .or_else(|| v.get("type"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
     let mut theta = cfg.rope_theta.unwrap_or(10000.0);
-    if let Some(p) = &cfg.rope_parameters {
-        if let Some(t) = p.get("rope_theta").and_then(Value::as_f64) {
-            theta = t;
+    let mut rope_scaling = None;
+    // transformers 5.x puts theta and the scaling together in `rope_parameters`; 4.x
+    // has `rope_theta` and `rope_scaling`.
+    for p in [&cfg.rope_parameters, &cfg.rope_scaling]
+        .into_iter()
+        .flatten()
+    {
+        if p.is_null() {
+            continue;
         }
-        if let Some(t) = rope_type(p) {
-            if t != "default" {
-                return Err(bad(format!("rope type {t} is not supported")));
-            }
+        if let Some(t) = p.get("rope_theta") {
+            theta = t
+                .as_f64()
+                .ok_or_else(|| bad(format!("rope_theta {t} is not a number")))?;
         }
-    }
-    if let Some(s) = &cfg.rope_scaling {
-        if !s.is_null() && rope_type(s).is_some_and(|t| t != "default") {
-            return Err(bad(format!("rope_scaling {s} is not supported")));
+        match rope_type(p).as_deref() {
+            None | Some("default") => {}
+            Some("llama3") => rope_scaling = Some(llama3_scaling(p).map_err(bad)?),
+            Some(t) => return Err(bad(format!("rope type {t} is not supported"))),
         }
     }
     if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
@@ -142,10 +153,28 @@ fn model_args(path: &Path, cfg: &HfConfig) -> Result<ModelArgs> {
         norm_eps: cfg.rms_norm_eps,
         rope_theta: theta,
         ffn_hidden_dim: Some(cfg.intermediate_size),
+        rope_scaling,
+        ..ModelArgs::default()
     };
     args.validate()
         .map_err(|e| bad(format!("config.json: {e}")))?;
     Ok(args)
+}
+
+/// The `llama3` rope scaling of a `rope_scaling` / `rope_parameters` object; every
+/// number must be present (transformers requires them too).
+fn llama3_scaling(p: &Value) -> std::result::Result<RopeScaling, String> {
+    let num = |key: &str| {
+        p.get(key)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| format!("llama3 rope scaling: '{key}' is missing or not a number"))
+    };
+    Ok(RopeScaling::Llama3 {
+        factor: num("factor")?,
+        low_freq_factor: num("low_freq_factor")?,
+        high_freq_factor: num("high_freq_factor")?,
+        original_context: num("original_max_position_embeddings")?,
+    })
 }
 
 fn generation_defaults(dir: &Path) -> Result<GenerationDefaults> {

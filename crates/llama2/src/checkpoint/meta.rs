@@ -109,7 +109,8 @@ pub fn shard_count(dir: &Path) -> Result<usize> {
 /// Loads a Meta checkpoint folder: reads `params.json`, loads every shard, merges them
 /// and checks every tensor the model needs against the shapes `params.json` implies.
 ///
-/// `rope.freqs` is kept if present but not required.
+/// `rope.freqs` is kept if present but not required; a missing `output.weight` means
+/// tied embeddings.
 pub fn load_meta_checkpoint(dir: &Path) -> Result<ModelWeights> {
     let shards = shard_paths(dir)?;
     let params = dir.join("params.json");
@@ -125,7 +126,14 @@ pub fn load_meta_checkpoint(dir: &Path) -> Result<ModelWeights> {
     for path in &shards {
         loaded.push(load_pth(path)?);
     }
-    let tensors = merge_shards(dir, &shards, loaded)?;
+    let mut tensors = merge_shards(dir, &shards, loaded)?;
+    // Tied embeddings (Llama 3.2 1B and 3B): without `output.weight` the output layer
+    // is the embedding.
+    if !tensors.contains_key("output.weight") {
+        if let Some(e) = tensors.get("tok_embeddings.weight").cloned() {
+            tensors.insert("output.weight".into(), e);
+        }
+    }
     let vocab_size = validate(dir, &args, &tensors)?;
     Ok(ModelWeights {
         args,

@@ -17,12 +17,12 @@ pub mod stop;
 
 pub use sequence::{
     Event, EventKind, EventSink, FinishReason, Finished, SeqOptions, TokenOut, MAX_STOP_BYTES,
-    MAX_STOP_STRINGS, MAX_TOP_LOGPROBS,
+    MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, MAX_WATCH_IDS,
 };
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -85,6 +85,16 @@ pub struct EngineGauges {
 /// A job run on the engine thread between steps.
 type Exclusive = Box<dyn FnOnce(&Transformer, &WorkerPool) + Send>;
 
+/// A worker pool several engines can run on, one forward step at a time (a chat model
+/// and its safety classifier share the CPU cores rather than oversubscribe them).
+pub type SharedPool = Arc<Mutex<WorkerPool>>;
+
+/// Locks a shared pool; a pool whose holder panicked is still usable (steps catch
+/// their own panics).
+pub(crate) fn lock_pool(pool: &SharedPool) -> MutexGuard<'_, WorkerPool> {
+    pool.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 enum Command {
     Submit(Box<Sequence>),
     Exclusive(Exclusive),
@@ -140,6 +150,7 @@ pub struct Engine {
     config: EngineConfig,
     kv_reserved: usize,
     gauges: Arc<EngineGauges>,
+    pool: SharedPool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -156,6 +167,27 @@ impl Engine {
         model: Arc<Transformer>,
         tokenizer: Arc<Tokenizer>,
         config: EngineConfig,
+    ) -> Result<Engine> {
+        Self::start_on(model, tokenizer, config, None)
+    }
+
+    /// Like [`start`](Self::start), on another engine's [`pool`](Self::pool)
+    /// (`config.threads` is then that pool's size).
+    pub fn start_sharing(
+        model: Arc<Transformer>,
+        tokenizer: Arc<Tokenizer>,
+        mut config: EngineConfig,
+        pool: SharedPool,
+    ) -> Result<Engine> {
+        config.threads = lock_pool(&pool).threads();
+        Self::start_on(model, tokenizer, config, Some(pool))
+    }
+
+    fn start_on(
+        model: Arc<Transformer>,
+        tokenizer: Arc<Tokenizer>,
+        config: EngineConfig,
+        pool: Option<SharedPool>,
     ) -> Result<Engine> {
         let range = |name: &str, v: usize, max: usize| {
             if (1..=max).contains(&v) {
@@ -200,12 +232,16 @@ impl Engine {
             }
         }
         let threads = config.threads;
-        let pool = WorkerPool::new(threads)
-            .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} threads: {e}")))?;
+        let pool = match pool {
+            Some(p) => p,
+            None => Arc::new(Mutex::new(WorkerPool::new(threads).map_err(|e| {
+                Error::InvalidArgument(format!("cannot start {threads} threads: {e}"))
+            })?)),
+        };
         let gauges = Arc::new(EngineGauges::default());
         let mut sched = Scheduler::new(
             Arc::clone(&model),
-            pool,
+            Arc::clone(&pool),
             Arc::clone(&tokenizer),
             config.eos_ids.clone(),
             kv,
@@ -225,7 +261,13 @@ impl Engine {
             config,
             kv_reserved,
             gauges,
+            pool,
         })
+    }
+
+    /// The worker pool, for another engine to share ([`start_sharing`](Self::start_sharing)).
+    pub fn pool(&self) -> SharedPool {
+        Arc::clone(&self.pool)
     }
 
     /// The model.

@@ -8,12 +8,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crate::error::Error;
-use crate::kernels::{RopeTable, WorkerPool};
+use crate::kernels::RopeTable;
+#[cfg(test)]
+use crate::kernels::WorkerPool;
 use crate::model::{KvPool, SeqChunk, Transformer, Workspace};
 use crate::tokenizer::Tokenizer;
 
 use super::sequence::{EventKind, FinishReason, Sequence};
-use super::EngineGauges;
+use super::{lock_pool, EngineGauges, SharedPool};
 
 /// What a slot holds between requests.
 #[derive(Debug, Default)]
@@ -29,7 +31,7 @@ struct SlotState {
 /// The engine's state on its thread.
 pub(crate) struct Scheduler {
     pub model: Arc<Transformer>,
-    pub pool: WorkerPool,
+    pub pool: SharedPool,
     pub tokenizer: Arc<Tokenizer>,
     pub eos_ids: Vec<u32>,
     kv: KvPool,
@@ -49,7 +51,7 @@ impl Scheduler {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         model: Arc<Transformer>,
-        pool: WorkerPool,
+        pool: SharedPool,
         tokenizer: Arc<Tokenizer>,
         eos_ids: Vec<u32>,
         kv: KvPool,
@@ -249,7 +251,8 @@ impl Scheduler {
             &mut self.logits,
         );
         let result = catch_unwind(AssertUnwindSafe(|| {
-            model.forward(pool, kv, rope, &chunks, ws, logits)
+            // Engines sharing the pool (a chat model and its guard) take turns by step.
+            model.forward(&lock_pool(pool), kv, rope, &chunks, ws, logits)
         }));
         let rows: Vec<usize> = chunks
             .iter()
@@ -308,7 +311,7 @@ impl Scheduler {
 
     /// Runs `f` with the model and the worker pool (between steps).
     pub fn exclusive(&mut self, f: super::Exclusive) {
-        f(&self.model, &self.pool)
+        f(&self.model, &lock_pool(&self.pool))
     }
 }
 
@@ -344,7 +347,7 @@ mod tests {
         let eos = vec![loaded.tokenizer.eos_id()];
         Scheduler::new(
             Arc::new(model),
-            WorkerPool::new(1).unwrap(),
+            Arc::new(std::sync::Mutex::new(WorkerPool::new(1).unwrap())),
             Arc::new(loaded.tokenizer),
             eos,
             kv,

@@ -15,6 +15,9 @@ use super::stop::StopText;
 pub const MAX_STOP_STRINGS: usize = 16;
 /// Longest stop string in bytes.
 pub const MAX_STOP_BYTES: usize = 256;
+/// Most ids in [`SeqOptions::watch_ids`].
+pub const MAX_WATCH_IDS: usize = 16;
+
 /// Most alternatives per position in `top_logprobs` (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
@@ -41,6 +44,9 @@ pub struct SeqOptions {
     /// Report the log-probability of each prompt token after the first (runs the whole
     /// prompt; no prefix is reused).
     pub prompt_logprobs: bool,
+    /// Report the log-probabilities of these ids at every generated position, chosen or
+    /// not (a classifier's score; at most [`MAX_WATCH_IDS`]).
+    pub watch_ids: Vec<u32>,
     /// Seed of this request's sampler: the same seed gives the same answer whatever else
     /// the engine runs.
     pub seed: u64,
@@ -60,6 +66,7 @@ impl Default for SeqOptions {
             logprobs: false,
             top_logprobs: 0,
             prompt_logprobs: false,
+            watch_ids: Vec::new(),
             seed: 1,
             seed_stream: 0,
         }
@@ -74,6 +81,12 @@ impl SeqOptions {
             return Err(Error::InvalidArgument(format!(
                 "top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {}",
                 self.top_logprobs
+            )));
+        }
+        if self.watch_ids.len() > MAX_WATCH_IDS {
+            return Err(Error::InvalidArgument(format!(
+                "at most {MAX_WATCH_IDS} watched ids, got {}",
+                self.watch_ids.len()
             )));
         }
         if self.stop_strings.len() > MAX_STOP_STRINGS {
@@ -115,6 +128,9 @@ pub struct TokenOut {
     pub logprob: Option<f32>,
     /// Most likely alternatives with their log-probabilities (with `top_logprobs`).
     pub top_logprobs: Vec<(u32, f32)>,
+    /// Log-probabilities of [`SeqOptions::watch_ids`] here, in their order (an id
+    /// outside the vocabulary reads as negative infinity).
+    pub watched: Vec<f32>,
 }
 
 /// How a sequence ended.
@@ -302,6 +318,7 @@ impl Sequence {
             text,
             logprob: self.opts.logprobs.then(|| sampling::logprob(logits, id)),
             top_logprobs: sampling::top_logprobs(logits, self.opts.top_logprobs),
+            watched: sampling::logprobs_of(logits, &self.opts.watch_ids),
         };
         if !self.send(EventKind::Token(out)) {
             return Some(FinishReason::Cancelled);

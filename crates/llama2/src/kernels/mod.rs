@@ -557,14 +557,20 @@ pub struct RopeTable {
 impl RopeTable {
     /// Table for `max_pos` positions.
     pub fn new(head_dim: usize, max_pos: usize, theta: f64) -> Self {
-        let half = head_dim / 2;
-        let freqs: Vec<f32> = (0..half)
+        let freqs: Vec<f32> = (0..head_dim / 2)
             .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
             .collect();
+        Self::from_frequencies(&freqs, max_pos)
+    }
+
+    /// Table for `max_pos` positions over given per-pair frequencies (after any
+    /// long-context scaling; see `ModelArgs::rope_frequencies`).
+    pub fn from_frequencies(freqs: &[f32], max_pos: usize) -> Self {
+        let half = freqs.len();
         let mut cos = Vec::with_capacity(max_pos * half);
         let mut sin = Vec::with_capacity(max_pos * half);
         for p in 0..max_pos {
-            for f in &freqs {
+            for f in freqs {
                 let angle = p as f32 * f;
                 cos.push(angle.cos());
                 sin.push(angle.sin());

@@ -208,7 +208,7 @@ impl Transformer {
 
     /// A rotary table long enough for `max_seq_len` positions.
     pub fn rope_table(&self, max_seq_len: usize) -> RopeTable {
-        RopeTable::new(self.args.head_dim(), max_seq_len, self.args.rope_theta)
+        RopeTable::from_frequencies(&self.args.rope_frequencies(), max_seq_len)
     }
 
     /// Runs `chunks` through the model, filling their KV slots (mapped here if they hold

@@ -57,6 +57,13 @@ pub struct BpeVocab {
     pub add_bos: Option<bool>,
     /// `tokenizer.ggml.add_eos_token` (default false).
     pub add_eos: Option<bool>,
+    /// The vocabulary comes from a tiktoken ranks file (Meta's Llama 3
+    /// `tokenizer.model`), and follows Meta's `Tokenizer` rather than llama.cpp: a merge
+    /// ranks by the token it makes (tiktoken's rule; equal ranks go leftmost first),
+    /// text is cut before runs of over 25,000 whitespace or non-whitespace characters
+    /// and into 400,000-character chunks, and invalid UTF-8 decodes as Python's
+    /// `errors="replace"` (one U+FFFD per maximal invalid sequence). Not stored in GGUF.
+    pub tiktoken: bool,
 }
 
 /// One step of a pre-tokenizer: llama.cpp's regexes, by what they match.
@@ -134,6 +141,8 @@ pub struct BpeTokenizer {
     pad_id: Option<u32>,
     add_bos: bool,
     add_eos: bool,
+    /// Meta's tiktoken rules (see [`BpeVocab::tiktoken`]).
+    tiktoken: bool,
     /// The data it was built from (written back by the GGUF converter).
     source: Box<BpeVocab>,
 }
@@ -155,7 +164,7 @@ impl fmt::Debug for BpeTokenizer {
 }
 
 /// GPT-2's `bytes_to_unicode`: byte → the character that stands for it in token texts.
-fn byte_to_char(b: u8) -> char {
+pub(super) fn byte_to_char(b: u8) -> char {
     let printable = |b: u8| matches!(b, 0x21..=0x7e | 0xa1..=0xac | 0xae..=0xff);
     if printable(b) {
         return char::from(b);
@@ -614,7 +623,9 @@ impl BpeTokenizer {
             let (a, b) = (&m[..pos], &m[pos + 1..]);
             let merged = format!("{a}{b}");
             let key = (intern(a), intern(b));
-            let val = (rank as u32, intern(&merged));
+            let made = intern(&merged);
+            let rank = if v.tiktoken { made } else { rank as u32 };
+            let val = (rank, made);
             merges.entry(key).or_insert(val);
         }
         let in_range = |what: &str, id: Option<u32>| -> Result<Option<u32>> {
@@ -661,6 +672,7 @@ impl BpeTokenizer {
             pad_id,
             add_bos: v.add_bos.unwrap_or(ignore_merges),
             add_eos: v.add_eos.unwrap_or(false),
+            tiktoken: v.tiktoken,
         })
     }
 
@@ -761,6 +773,11 @@ impl BpeTokenizer {
             .collect();
         for frag in partition(text, &specials) {
             match frag {
+                Fragment::Text(t) if self.tiktoken => {
+                    for piece in meta_slices(t) {
+                        self.encode_text(piece, &mut out);
+                    }
+                }
                 Fragment::Text(t) => self.encode_text(t, &mut out),
                 Fragment::Token(id) => out.push(id),
             }
@@ -924,6 +941,9 @@ impl BpeTokenizer {
         for &id in ids {
             self.push_token_bytes(id, special, &mut bytes)?;
         }
+        if self.tiktoken {
+            return Ok(String::from_utf8_lossy(&bytes).into_owned());
+        }
         let mut out = String::with_capacity(bytes.len());
         push_byte_run(&bytes, &mut out);
         Ok(out)
@@ -939,6 +959,44 @@ impl BpeTokenizer {
     pub fn decode_with_special(&self, ids: &[u32]) -> Result<String> {
         self.decode_opts(ids, true)
     }
+}
+
+/// Meta's `Tokenizer.encode` cutting (Llama 3): chunks of 400,000 characters, each cut
+/// before a run of whitespace (Python's `str.isspace`) or non-whitespace grows past
+/// 25,000 characters. The pieces are tokenized independently.
+fn meta_slices(text: &str) -> Vec<&str> {
+    const MAX_CHARS: usize = 400_000;
+    const MAX_RUN: usize = 25_000;
+    let is_space = |c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c);
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let end = rest
+            .char_indices()
+            .nth(MAX_CHARS)
+            .map_or(rest.len(), |(i, _)| i);
+        let (chunk, tail) = rest.split_at(end);
+        rest = tail;
+        let mut run = 0;
+        let mut run_space = chunk.chars().next().is_some_and(is_space);
+        let mut start = 0;
+        for (i, c) in chunk.char_indices() {
+            let space = is_space(c);
+            if space != run_space {
+                run = 1;
+                run_space = space;
+            } else {
+                run += 1;
+                if run > MAX_RUN {
+                    out.push(&chunk[start..i]);
+                    start = i;
+                    run = 1;
+                }
+            }
+        }
+        out.push(&chunk[start..]);
+    }
+    out
 }
 
 /// `<0xNN>` → the byte (byte-type tokens of non-byte-level vocabularies).

@@ -162,6 +162,7 @@ pub(super) fn from_json_parts(json: &[u8], config: Option<&[u8]>) -> Result<Toke
         pad_id: pad,
         add_bos,
         add_eos: cfg.add_eos,
+        tiktoken: false,
     };
     BpeTokenizer::from_vocab(vocab).map(Tokenizer::Bpe)
 }

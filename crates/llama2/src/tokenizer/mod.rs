@@ -28,6 +28,7 @@ mod hf;
 mod proto;
 mod sentencepiece;
 mod stream;
+mod tiktoken;
 mod unicode_data;
 
 use std::path::Path;
@@ -35,6 +36,7 @@ use std::path::Path;
 pub use bpe::{BpeTokenizer, BpeVocab};
 pub use sentencepiece::{SentencePieceTokenizer, SentencePieceVocab};
 pub use stream::StreamDecoder;
+pub use tiktoken::{vocab_from_tiktoken, LLAMA3_SPECIAL_TOKENS};
 
 use crate::error::{Error, Result};
 
@@ -60,21 +62,28 @@ impl From<BpeTokenizer> for Tokenizer {
 }
 
 impl Tokenizer {
-    /// Loads a `tokenizer.model` (SentencePiece) or a Hugging Face `tokenizer.json` (told
-    /// apart by content: JSON starts with `{`).
+    /// Loads a `tokenizer.model` (SentencePiece for Llama 1/2, or Meta's Llama 3 tiktoken
+    /// ranks file) or a Hugging Face `tokenizer.json`, told apart by content (JSON starts
+    /// with `{`, a ranks file with `<base64> <rank>`). Files over 64 MiB are refused
+    /// before they are read.
     pub fn from_file(path: &Path) -> Result<Tokenizer> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = read_limited(path)?;
         if looks_like_json(&bytes) {
             return hf::from_json_bytes(&bytes, path.parent());
         }
         Tokenizer::from_bytes(&bytes)
     }
 
-    /// Parses a serialized SentencePiece `ModelProto`, or a `tokenizer.json` document (in
-    /// which case no sibling `tokenizer_config.json` is consulted).
+    /// Parses a serialized SentencePiece `ModelProto`, a tiktoken ranks file, or a
+    /// `tokenizer.json` document (in which case no sibling `tokenizer_config.json` is
+    /// consulted).
     pub fn from_bytes(bytes: &[u8]) -> Result<Tokenizer> {
         if looks_like_json(bytes) {
             return hf::from_json_bytes(bytes, None);
+        }
+        if tiktoken::looks_like_tiktoken(bytes) {
+            let vocab = vocab_from_tiktoken(bytes)?;
+            return BpeTokenizer::from_vocab(vocab).map(Tokenizer::Bpe);
         }
         SentencePieceTokenizer::from_bytes(bytes).map(Tokenizer::SentencePiece)
     }
@@ -84,7 +93,7 @@ impl Tokenizer {
     /// byte-level shape a [`BpeTokenizer`]. A `tokenizer_config.json` next to it, if present,
     /// supplies `bos_token`/`eos_token`/`pad_token`/`add_bos_token`/`add_eos_token`.
     pub fn from_hf_json(path: &Path) -> Result<Tokenizer> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = read_limited(path)?;
         hf::from_json_bytes(&bytes, path.parent())
     }
 
@@ -265,6 +274,28 @@ impl Tokenizer {
             Tokenizer::Bpe(t) => Some(t),
         }
     }
+}
+
+/// Largest tokenizer file read (Llama 3's `tokenizer.json` is 9 MB): a tokenizer path
+/// may name anything, `/dev/zero` included.
+pub const MAX_TOKENIZER_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads a tokenizer file of at most [`MAX_TOKENIZER_FILE_BYTES`].
+fn read_limited(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_TOKENIZER_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > MAX_TOKENIZER_FILE_BYTES {
+        return Err(Error::Tokenizer(format!(
+            "{}: larger than {} MiB, not a tokenizer file",
+            path.display(),
+            MAX_TOKENIZER_FILE_BYTES >> 20
+        )));
+    }
+    Ok(bytes)
 }
 
 fn looks_like_json(bytes: &[u8]) -> bool {

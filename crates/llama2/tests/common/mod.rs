@@ -124,6 +124,7 @@ pub fn bpe_vocab(v: GgufBpeVocab) -> BpeVocab {
         pad_id: v.padding_token_id,
         add_bos: v.add_bos_token,
         add_eos: v.add_eos_token,
+        tiktoken: false,
     }
 }
 
