@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: the Rust workspace, then the Python package (`llama`) built from
+# The whole test suite: Meta's Llama Guard prompt references (pip-downloaded), the Rust
+# workspace, then the Python package (`llama`) built from
 # python/ into a virtual environment under target/ and tested with pytest on the
 # fixture checkpoints, then `llama2 serve` driven by the official `openai` client
 # (tests/server, on the default model). Needs Rust and Python >= 3.9 (with venv and pip); the Python
@@ -8,6 +9,10 @@
 # as aarch64 code under emulation, so the NEON kernels are checked on x86 machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Meta's Llama Guard prompts, the reference of crates/llama2/tests/guard_prompts.rs, are
+# rendered from the llama-cookbook wheel (PyPI) at test time rather than vendored.
+[ -s target/guard/prompts.json ] || python3 scripts/record-guard-prompts.py
 
 cargo test --workspace
 

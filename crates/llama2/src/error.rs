@@ -69,6 +69,10 @@ pub enum Error {
     /// A dialog breaks the chat format's role rules.
     #[error("{0}")]
     Dialog(#[from] crate::chat::dialog::DialogError),
+    /// A safety classifier answered something that is neither `safe` nor `unsafe…`, or
+    /// cannot be used as one.
+    #[error("safety classifier: {0}")]
+    Guard(String),
 }
 
 /// Result alias used throughout the crate.

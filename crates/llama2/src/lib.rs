@@ -17,6 +17,7 @@ pub mod llama;
 pub mod loader;
 pub mod model;
 pub mod quant;
+pub mod safety;
 pub mod sampling;
 pub mod tensor;
 pub mod tokenizer;

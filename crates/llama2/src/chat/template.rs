@@ -68,6 +68,13 @@ fn environment() -> Environment<'static> {
     env
 }
 
+impl JinjaTemplate {
+    /// The template's source text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
 impl ChatTemplate {
     /// A Jinja template for the model whose tokenizer is `tok`. Fails if it does not
     /// compile.
