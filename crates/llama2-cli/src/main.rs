@@ -16,6 +16,7 @@ use llama2::{Dialog, GenerationOptions, Llama, Message, Role, TemplateChoice, To
 
 mod batched_bench;
 mod bench;
+mod guard;
 mod inspect;
 mod serve;
 
@@ -226,6 +227,8 @@ struct ChatArgs {
     system: Option<String>,
     /// One user message; without it (and without --dialogs) chat interactively.
     message: Option<String>,
+    #[command(flatten)]
+    guard: guard::GuardArgs,
 }
 
 #[derive(Args)]
@@ -400,6 +403,9 @@ fn chat(a: ChatArgs) -> Result<()> {
     };
     let llama = load(&a.model, dialogs.len())?;
     let opts = a.sampling.options(&llama);
+    if let Some(g) = a.guard.load(&llama)? {
+        return chat_guarded(&a, &llama, &g, &dialogs, &opts);
+    }
     let results = llama.chat_completion(&dialogs, &opts)?;
     a.sampling.report(&llama);
     if a.sampling.json {
@@ -416,12 +422,73 @@ fn chat(a: ChatArgs) -> Result<()> {
     Ok(())
 }
 
+/// `chat --guard` over a batch: blocked turns answer with the refusal, their categories
+/// go to standard error (`--json`: a `safety` field per result).
+fn chat_guarded(
+    a: &ChatArgs,
+    llama: &Llama,
+    g: &llama2::safety::Guard,
+    dialogs: &[Dialog],
+    opts: &GenerationOptions,
+) -> Result<()> {
+    let answers = llama2::safety::guarded_chat_batch(llama, g, dialogs, opts)?;
+    if a.sampling.stats {
+        a.sampling.report(llama);
+        for ans in &answers {
+            eprintln!("{}", guard::stats_line(&ans.checks));
+        }
+    }
+    if a.sampling.json {
+        let out: Vec<serde_json::Value> = answers
+            .iter()
+            .map(|ans| {
+                let mut v = match &ans.prediction {
+                    Some(p) if ans.blocked.is_none() => serde_json::to_value(p),
+                    _ => serde_json::to_value(serde_json::json!({ "generation": ans.message })),
+                }?;
+                v["safety"] = serde_json::json!({
+                    "blocked": ans.blocked.as_ref().map(|b| b.stage),
+                    "categories": ans.blocked.as_ref().map_or(&[][..], |b| &b.verdict.categories[..]),
+                    "unsafe_probability": ans.blocked.as_ref().map(|b| b.verdict.unsafe_probability),
+                    "checks": ans.checks.len(),
+                });
+                Ok(v)
+            })
+            .collect::<Result<_, serde_json::Error>>()?;
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    for (dialog, ans) in dialogs.iter().zip(&answers) {
+        for m in dialog {
+            println!("{}: {}\n", m.role.as_str(), m.content);
+        }
+        if let Some(b) = &ans.blocked {
+            eprintln!(
+                "safety: {} blocked: {}",
+                stage_name(b.stage),
+                guard::describe(&b.verdict)
+            );
+        }
+        println!("> {}: {}", ans.message.role.as_str(), ans.message.content);
+        println!("\n==================================\n");
+    }
+    Ok(())
+}
+
+fn stage_name(s: llama2::safety::Stage) -> &'static str {
+    match s {
+        llama2::safety::Stage::Prompt => "prompt",
+        llama2::safety::Stage::Answer => "answer",
+    }
+}
+
 fn interactive(a: ChatArgs) -> Result<()> {
     if a.sampling.json {
         bail!("--json needs --dialogs or a MESSAGE");
     }
     let llama = load(&a.model, 1)?;
     let opts = a.sampling.options(&llama);
+    let guard = a.guard.load(&llama)?;
     let mut dialog: Dialog = Vec::new();
     if let Some(s) = &a.system {
         dialog.push(Message::new(Role::System, s.clone()));
@@ -446,15 +513,38 @@ fn interactive(a: ChatArgs) -> Result<()> {
         }
         // Each turn's prompt starts with the last one's tokens, still in the engine's KV
         // slot: only the new message is prefilled.
-        let answer = llama.chat_completion_stream(&dialog, &opts, &mut |delta| {
+        let mut print = |delta: &str| {
             print!("{delta}");
             let _ = std::io::stdout().flush();
             ControlFlow::Continue(())
-        });
+        };
+        let answer = match &guard {
+            None => llama
+                .chat_completion_stream(&dialog, &opts, &mut print)
+                .map(|p| (p.generation, None, Vec::new())),
+            Some(g) => llama2::safety::guarded_chat(&llama, g, &dialog, &opts, &mut print)
+                .map(|ans| (ans.message, ans.blocked, ans.checks)),
+        };
         println!();
         a.sampling.report(&llama);
         match answer {
-            Ok(a) => dialog.push(a.generation),
+            Ok((message, blocked, checks)) => {
+                if a.sampling.stats && !checks.is_empty() {
+                    eprintln!("{}", guard::stats_line(&checks));
+                }
+                match blocked {
+                    // A blocked turn leaves the history as it was.
+                    Some(b) => {
+                        eprintln!(
+                            "safety: {} blocked: {}",
+                            stage_name(b.stage),
+                            guard::describe(&b.verdict)
+                        );
+                        dialog.pop();
+                    }
+                    None => dialog.push(message),
+                }
+            }
             Err(e) => {
                 // Keep the session alive (e.g. the history outgrew the context).
                 eprintln!("error: {e}");

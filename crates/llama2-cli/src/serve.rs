@@ -13,6 +13,8 @@ use crate::{KvTypeArg, TemplateArg};
 
 #[derive(Args)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    guard: crate::guard::GuardArgs,
     /// Model: a Meta checkpoint folder, a Hugging Face folder or a .gguf file
     /// (default: SmolLM2-135M-Instruct, fetched on first use).
     #[arg(long, short = 'm')]
@@ -118,6 +120,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         model_id: a.alias,
         body_limit: a.max_body as usize,
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
+        guard: a.guard.options()?,
     };
     // The engine has its own worker threads; HTTP needs only a couple.
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod openai;
 pub mod protocol;
+pub mod safety;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use futures_util::FutureExt;
+use llama2::safety::{Guard, GuardOptions};
 use llama2::{KvType, Llama, TemplateChoice};
 
 use crate::error::ApiError;
@@ -79,6 +81,9 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// After a shutdown signal, the longest wait for responses to finish.
     pub shutdown_grace: Duration,
+    /// A Llama Guard model judging chat prompts and answers, with its options (its
+    /// worker pool is the chat model's).
+    pub guard: Option<(PathBuf, GuardOptions)>,
 }
 
 /// Where the server is in its life.
@@ -96,6 +101,7 @@ pub enum Phase {
 pub struct AppState {
     phase: AtomicU8,
     llama: OnceLock<Arc<Llama>>,
+    guard: OnceLock<Arc<Guard>>,
     /// Slots plus queue.
     pub admission: Arc<Admission>,
     /// Prometheus metrics.
@@ -126,6 +132,7 @@ impl AppState {
         AppState {
             phase: AtomicU8::new(Phase::Loading as u8),
             llama: OnceLock::new(),
+            guard: OnceLock::new(),
             admission: Arc::new(Admission::new(config.parallel.saturating_add(config.queue))),
             metrics: Arc::new(Metrics::new()),
             model_id,
@@ -155,8 +162,16 @@ impl AppState {
         self.llama.get().cloned()
     }
 
-    /// Installs the loaded model and starts serving.
-    pub fn set_ready(&self, llama: Llama) {
+    /// The safety classifier, if the server has one.
+    pub fn guard(&self) -> Option<Arc<Guard>> {
+        self.guard.get().cloned()
+    }
+
+    /// Installs the loaded model (and guard) and starts serving.
+    pub fn set_ready(&self, llama: Llama, guard: Option<Guard>) {
+        if let Some(g) = guard {
+            let _ = self.guard.set(Arc::new(g));
+        }
         if self.llama.set(Arc::new(llama)).is_ok() && self.phase() == Phase::Loading {
             self.set_phase(Phase::Ready);
         }
@@ -294,8 +309,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Loads the model described by `config`.
-pub fn load(config: &ServerConfig) -> llama2::Result<Llama> {
+/// Loads the model described by `config`, and its guard on the same worker pool.
+pub fn load(config: &ServerConfig) -> llama2::Result<(Llama, Option<Guard>)> {
     let mut b = Llama::open(&config.model_path)
         .max_batch_size(config.parallel)
         .template(config.template.clone());
@@ -314,7 +329,18 @@ pub fn load(config: &ServerConfig) -> llama2::Result<Llama> {
     if let Some(n) = config.step_tokens {
         b = b.step_tokens(n);
     }
-    b.build()
+    let llama = b.build()?;
+    let guard = match &config.guard {
+        None => None,
+        Some((path, options)) => Some(Guard::open(
+            path,
+            GuardOptions {
+                pool: Some(llama.engine().pool()),
+                ..options.clone()
+            },
+        )?),
+    };
+    Ok((llama, guard))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -365,7 +391,7 @@ pub async fn serve(
         tokio::task::spawn_blocking(move || {
             let start = std::time::Instant::now();
             match load(&config) {
-                Ok(llama) => {
+                Ok((llama, guard)) => {
                     let cfg = llama.engine().config();
                     eprintln!(
                         "llama2 serve: ready in {:.1}s: model {} ({}), {} slots x {} positions, \
@@ -382,7 +408,17 @@ pub async fn serve(
                         config.queue,
                         llama.chat_template().name(),
                     );
-                    state.set_ready(llama);
+                    if let Some(g) = &guard {
+                        eprintln!(
+                            "llama2 serve: safety classifier {} ({} format)",
+                            config
+                                .guard
+                                .as_ref()
+                                .map_or_else(String::new, |(p, _)| p.display().to_string()),
+                            g.prompt().format().name()
+                        );
+                    }
+                    state.set_ready(llama, guard);
                 }
                 Err(e) => {
                     let _ = load_failed_tx.send(e);
@@ -459,6 +495,7 @@ mod tests {
             model_id: None,
             body_limit: DEFAULT_BODY_LIMIT,
             shutdown_grace: Duration::from_secs(1),
+            guard: None,
         }
     }
 

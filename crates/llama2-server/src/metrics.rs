@@ -24,6 +24,10 @@ pub struct Metrics {
     pub inter_token: Histogram,
     /// Time from arrival to the last token.
     pub request_duration: Histogram,
+    /// Time of one safety classifier check (`--guard`).
+    pub guard_check: Histogram,
+    /// Messages the safety classifier blocked, by stage (prompt or answer).
+    pub guard_blocked: IntCounterVec,
     waiting: [IntGauge; 2],
     running: [IntGauge; 2],
     kv_usage: [Gauge; 2],
@@ -81,6 +85,17 @@ impl Metrics {
         registry
             .register(Box::new(requests.clone()))
             .expect("unique metric");
+        let guard_blocked = IntCounterVec::new(
+            Opts::new(
+                "llama2_guard_blocked_total",
+                "Messages the safety classifier blocked",
+            ),
+            &["stage"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(guard_blocked.clone()))
+            .expect("unique metric");
         let waiting_help = "Requests waiting for a KV slot";
         let running_help = "Requests holding a KV slot";
         let kv_help = "Fraction of the KV cache's positions held by running requests (0..1)";
@@ -119,6 +134,13 @@ impl Metrics {
                 "Time from a request's arrival to its last token",
                 &DURATION_BUCKETS,
             ),
+            guard_check: histogram(
+                &registry,
+                "llama2_guard_check_seconds",
+                "Time of one safety classifier check",
+                &LATENCY_BUCKETS,
+            ),
+            guard_blocked,
             waiting: [
                 int_gauge(&registry, "llama2_requests_waiting", waiting_help),
                 int_gauge(&registry, "vllm:num_requests_waiting", waiting_help),

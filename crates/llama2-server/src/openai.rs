@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, StreamExt};
 use llama2::engine::{FinishReason, Finished, TokenOut};
+use llama2::safety::{Guard, Stage, Verdict, CHECK_EVERY_TOKENS};
 use llama2::{Dialog, Llama, Message, Request, Role, SeqOptions, Tokenizer};
 use serde_json::{json, Value};
 
@@ -23,7 +24,7 @@ use crate::protocol::{
     check_top_logprobs, parse_generation, ChatRequest, CompletionRequest, MessageContent,
     PromptField, Sampling,
 };
-use crate::AppState;
+use crate::{safety, AppState};
 
 /// The body, or 413 when it is over the limit.
 pub fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
@@ -280,6 +281,8 @@ pub async fn chat_completions(
         ));
     }
     let dialog = dialog_of(&req)?;
+    let guard = state.guard();
+    let judged = guard.as_ref().map(|_| dialog.clone());
     // Templates and tokenizers may take a while on a long conversation: off the runtime.
     let l = Arc::clone(&llama);
     let prompt = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, ApiError> {
@@ -297,6 +300,23 @@ pub async fn chat_completions(
     .await
     .map_err(|e| ApiError::internal(format!("prompt formatting failed: {e}")))??;
     check_prompt_len(prompt.len(), limits.ctx, "messages")?;
+    // The guard judges the prompt before any sequence starts.
+    let guarded = match (&guard, judged) {
+        (Some(g), Some(d)) => {
+            let v = safety::check(g, &state.metrics, d.clone()).await?;
+            if !v.safe {
+                safety::count_block(&state.metrics, Stage::Prompt);
+                let head = Head {
+                    id: format!("chatcmpl-{}", state.request_id()),
+                    created: now_secs(),
+                    model: state.model_id.clone(),
+                };
+                return Ok(blocked_prompt(&head, &sampling, &v));
+            }
+            Some((Arc::clone(g), d))
+        }
+        _ => None,
+    };
     let seed = seed_for(&state, &sampling);
     // `ignore_eos` (benchmarks) generates exactly `max_tokens`: no end-of-turn either.
     let stop_ids = if sampling.ignore_eos {
@@ -318,29 +338,141 @@ pub async fn chat_completions(
             n: sampling.n,
             logprobs,
         };
-        return Ok(ChunkStream::new(job, head, format, sampling.include_usage).into_response());
+        let mut s = ChunkStream::new(job, head, format, sampling.include_usage);
+        if let Some((g, d)) = guarded {
+            s.guard = Some(StreamGuard::new(
+                g,
+                d,
+                Arc::clone(&state.metrics),
+                sampling.n,
+            ));
+        }
+        return Ok(s.into_response());
     }
     let (acc, usage) = collect(job, sampling.n, |i| i == 0).await?;
     let tok = llama.tokenizer();
-    let choices: Vec<Value> = acc
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let reason = c
-                .finished
-                .as_ref()
-                .map_or("length", |f| finish_reason(f.reason));
-            json!({
-                "index": i,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": logprobs.then(|| json!({
-                    "content": c.tokens.iter().map(|t| chat_logprob(tok, t)).collect::<Vec<_>>()
-                })),
-                "finish_reason": reason,
-            })
-        })
-        .collect();
+    let mut choices = Vec::with_capacity(acc.len());
+    for (i, c) in acc.iter().enumerate() {
+        let reason = c
+            .finished
+            .as_ref()
+            .map_or("length", |f| finish_reason(f.reason));
+        let mut choice = json!({
+            "index": i,
+            "message": {"role": "assistant", "content": c.text},
+            "logprobs": logprobs.then(|| json!({
+                "content": c.tokens.iter().map(|t| chat_logprob(tok, t)).collect::<Vec<_>>()
+            })),
+            "finish_reason": reason,
+        });
+        // Each answer is judged once complete.
+        if let Some((g, d)) = &guarded {
+            let v = safety::check_answer(g, &state.metrics, d, &c.text).await?;
+            if !v.safe {
+                safety::count_block(&state.metrics, Stage::Answer);
+                choice["message"]["content"] = json!(safety::refusal());
+                choice["logprobs"] = Value::Null;
+                choice["finish_reason"] = json!("content_filter");
+                choice["safety"] = safety::safety_json(Stage::Answer, &v);
+            }
+        }
+        choices.push(choice);
+    }
     Ok(whole(&head, "chat.completion", choices, usage))
+}
+
+/// The answer to a prompt the guard blocked: every choice is the refusal with
+/// `finish_reason: "content_filter"` (streamed or whole, as asked); nothing was
+/// generated.
+fn blocked_prompt(head: &Head, sampling: &Sampling, v: &Verdict) -> Response {
+    let safety = safety::safety_json(Stage::Prompt, v);
+    if !sampling.stream {
+        let choices = (0..sampling.n)
+            .map(|i| {
+                json!({"index": i,
+                       "message": {"role": "assistant", "content": safety::refusal()},
+                       "logprobs": null, "finish_reason": "content_filter",
+                       "safety": safety})
+            })
+            .collect();
+        return whole(head, "chat.completion", choices, Usage::default());
+    }
+    let chunk = |choices: Vec<Value>| {
+        let mut c = json!({
+            "id": head.id, "object": "chat.completion.chunk", "created": head.created,
+            "model": head.model, "system_fingerprint": crate::FINGERPRINT, "choices": choices,
+        });
+        if sampling.include_usage {
+            c["usage"] = Value::Null;
+        }
+        c
+    };
+    let mut events = Vec::new();
+    for i in 0..sampling.n {
+        events.push(data(&chunk(vec![json!({"index": i,
+            "delta": {"role": "assistant", "content": safety::refusal()},
+            "logprobs": null, "finish_reason": null})])));
+        events.push(data(&chunk(vec![
+            json!({"index": i, "delta": {}, "logprobs": null,
+            "finish_reason": "content_filter", "safety": safety}),
+        ])));
+    }
+    if sampling.include_usage {
+        let mut u = chunk(Vec::new());
+        u["usage"] = Usage::default().json();
+        events.push(data(&u));
+    }
+    events.push(SseEvent::default().data("[DONE]"));
+    Sse::new(stream::iter(events.into_iter().map(Ok::<_, Infallible>))).into_response()
+}
+
+/// The guard's state over a streamed chat answer: each choice's text so far, judged
+/// every `CHECK_EVERY_TOKENS` tokens and at its end.
+struct StreamGuard {
+    guard: Arc<Guard>,
+    dialog: Dialog,
+    metrics: Arc<crate::metrics::Metrics>,
+    texts: Vec<String>,
+    tokens: Vec<usize>,
+    cut: Vec<bool>,
+}
+
+impl StreamGuard {
+    fn new(
+        guard: Arc<Guard>,
+        dialog: Dialog,
+        metrics: Arc<crate::metrics::Metrics>,
+        n: usize,
+    ) -> Self {
+        StreamGuard {
+            guard,
+            dialog,
+            metrics,
+            texts: vec![String::new(); n],
+            tokens: vec![0; n],
+            cut: vec![false; n],
+        }
+    }
+
+    /// Judges choice `i`'s text; `Some(verdict)` when it is unsafe (the choice is then
+    /// cut).
+    async fn judge(&mut self, i: usize) -> Result<Option<Verdict>, ApiError> {
+        let v =
+            safety::check_answer(&self.guard, &self.metrics, &self.dialog, &self.texts[i]).await?;
+        if v.safe {
+            return Ok(None);
+        }
+        safety::count_block(&self.metrics, Stage::Answer);
+        self.cut[i] = true;
+        Ok(Some(v))
+    }
+
+    /// The last chunk of a cut choice.
+    fn cut_choice(i: usize, v: &Verdict) -> Value {
+        json!({"index": i, "delta": {"content": format!("\n{}", safety::refusal())},
+               "logprobs": null, "finish_reason": "content_filter",
+               "safety": safety::safety_json(Stage::Answer, v)})
+    }
 }
 
 /// Admits and submits a request's sequences; the response's `id` starts with `prefix`.
@@ -403,6 +535,8 @@ struct ChunkStream<F> {
     usage: Usage,
     started: bool,
     ended: bool,
+    /// Safety checks of the streamed text (chat with `--guard`).
+    guard: Option<StreamGuard>,
 }
 
 impl<F: ChunkFormat> ChunkStream<F> {
@@ -415,6 +549,7 @@ impl<F: ChunkFormat> ChunkStream<F> {
             usage: Usage::default(),
             started: false,
             ended: false,
+            guard: None,
         }
     }
 
@@ -445,15 +580,57 @@ impl<F: ChunkFormat> ChunkStream<F> {
             }
         }
         match self.job.next().await {
-            Some(Ok(Update::Token(i, t))) => Some(
-                self.format
-                    .token(i, &t)
-                    .map(|c| data(&self.chunk(vec![c])))
-                    .into_iter()
-                    .collect(),
-            ),
+            Some(Ok(Update::Token(i, t))) => {
+                if let Some(g) = &mut self.guard {
+                    if g.cut[i] {
+                        return Some(Vec::new());
+                    }
+                    g.texts[i].push_str(&t.text);
+                    g.tokens[i] += 1;
+                    if g.tokens[i].is_multiple_of(CHECK_EVERY_TOKENS) {
+                        match g.judge(i).await {
+                            Ok(None) => {}
+                            Ok(Some(v)) => {
+                                let c = StreamGuard::cut_choice(i, &v);
+                                return Some(vec![data(&self.chunk(vec![c]))]);
+                            }
+                            Err(e) => {
+                                self.ended = true;
+                                return Some(vec![
+                                    data(&e.body()),
+                                    SseEvent::default().data("[DONE]"),
+                                ]);
+                            }
+                        }
+                    }
+                }
+                Some(
+                    self.format
+                        .token(i, &t)
+                        .map(|c| data(&self.chunk(vec![c])))
+                        .into_iter()
+                        .collect(),
+                )
+            }
             Some(Ok(Update::Done(i, f))) => {
                 self.usage.add(&f, self.format.counts_prompt(i));
+                if let Some(g) = &mut self.guard {
+                    if g.cut[i] {
+                        return Some(Vec::new());
+                    }
+                    g.texts[i].push_str(&f.text);
+                    match g.judge(i).await {
+                        Ok(None) => {}
+                        Ok(Some(v)) => {
+                            let c = StreamGuard::cut_choice(i, &v);
+                            return Some(vec![data(&self.chunk(vec![c]))]);
+                        }
+                        Err(e) => {
+                            self.ended = true;
+                            return Some(vec![data(&e.body()), SseEvent::default().data("[DONE]")]);
+                        }
+                    }
+                }
                 Some(vec![data(&self.chunk(vec![self.format.done(i, &f)]))])
             }
             Some(Err(e)) => {

@@ -898,7 +898,7 @@ impl Llama {
     ) -> Result<CompletionPrediction> {
         let tokens = vec![self.tokenizer().encode(prompt, true, false)];
         let stops = self.eos_ids.clone();
-        let o = self.stream_row(&tokens, opts, &stops, on_text)?;
+        let o = self.stream_row(&tokens, opts, &stops, false, on_text)?;
         self.completion_prediction(o)
     }
 
@@ -914,7 +914,26 @@ impl Llama {
             return Ok(self.refusal(opts.logprobs));
         };
         let stops = self.chat_stop_ids();
-        let o = self.stream_row(&[ids], opts, &stops, on_text)?;
+        let o = self.stream_row(&[ids], opts, &stops, false, on_text)?;
+        self.chat_prediction(o)
+    }
+
+    /// [`Llama::chat_completion_stream`] with `on_token` called once per generated token,
+    /// with the text it completes (empty while a character or a possible stop string is
+    /// incomplete), then once more with any held-back text: for callers that act every
+    /// N tokens (safety checks of a streamed answer).
+    pub fn chat_completion_stream_tokens(
+        &self,
+        dialog: &Dialog,
+        opts: &GenerationOptions,
+        on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<ChatPrediction> {
+        let Some(ids) = self.dialog_prompts(std::slice::from_ref(dialog))?.remove(0) else {
+            let _ = on_token(chat::UNSAFE_ERROR);
+            return Ok(self.refusal(opts.logprobs));
+        };
+        let stops = self.chat_stop_ids();
+        let o = self.stream_row(&[ids], opts, &stops, true, on_token)?;
         self.chat_prediction(o)
     }
 
@@ -923,6 +942,7 @@ impl Llama {
         tokens: &[Vec<u32>],
         opts: &GenerationOptions,
         stops: &[u32],
+        every_token: bool,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<GenerationOutput> {
         let opts = GenerationOptions {
@@ -931,7 +951,7 @@ impl Llama {
         };
         let mut stopped = false;
         let mut rows = self.run_rows(tokens, &opts, stops, &mut |_, t| {
-            if t.text.is_empty() {
+            if t.text.is_empty() && !every_token {
                 return ControlFlow::Continue(());
             }
             let flow = on_text(&t.text);

@@ -80,6 +80,8 @@ pub struct EngineGauges {
     pub running: AtomicUsize,
     /// KV positions held by running requests.
     pub kv_used: AtomicUsize,
+    /// Forward steps run since the engine started.
+    pub steps: AtomicUsize,
 }
 
 /// A job run on the engine thread between steps.

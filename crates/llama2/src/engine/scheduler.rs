@@ -104,6 +104,7 @@ impl Scheduler {
         g.running.store(self.running.len(), Relaxed);
         let used: usize = self.running.iter().map(|s| s.fed).sum();
         g.kv_used.store(used, Relaxed);
+        g.steps.store(self.steps as usize, Relaxed);
     }
 
     /// Fails every waiting and running sequence (after a bug in a step) and empties every

@@ -8,9 +8,13 @@
 //! prompt with [`REFUSAL`] before the chat model sees it, and cut an answer that turns
 //! unsafe.
 
+mod chat;
 mod format;
 mod guard;
 
+pub use chat::{
+    guarded_chat, guarded_chat_batch, Blocked, GuardedAnswer, Stage, CHECK_EVERY_TOKENS,
+};
 pub use format::{Category, GuardFormat};
 pub use guard::{parse_answer, render_template, Guard, GuardOptions, GuardPrompt, Verdict};
 
