@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use llama2::safety::{Category, Guard, GuardFormat, GuardOptions, GuardedAnswer, Stage, Verdict};
 use llama2::{
     ChatPrediction, CompletionPrediction, Dialog, DialogError, GenerationOptions, Llama, Message,
     Precision, Role, TemplateChoice,
@@ -69,6 +70,7 @@ fn engine_err(py: Python<'_>, e: llama2::Error) -> PyErr {
         E::Io { .. } | E::Checkpoint { .. } | E::Config(_) | E::Tokenizer(_) | E::Shape { .. } => {
             raise::<PyOSError>(py, "ModelLoadError", msg)
         }
+        E::Guard(_) => raise::<PyException>(py, "SafetyClassifierError", msg),
         #[allow(unreachable_patterns)]
         _ => raise::<PyException>(py, "LlamaError", msg),
     }
@@ -332,6 +334,8 @@ impl PyTokenizer {
 #[pyclass(module = "llama._llama", frozen)]
 struct Engine {
     llama: Arc<Llama>,
+    /// The safety classifier around `chat_completion` (`guard_path`).
+    guard: Option<Arc<Guard>>,
     tokenizer: Arc<llama2::Tokenizer>,
     max_seq_len: usize,
     max_batch_size: usize,
@@ -493,7 +497,9 @@ impl Engine {
     /// (`model_path` None: the default model, fetched on first use).
     #[new]
     #[pyo3(signature = (model_path=None, tokenizer_path=None, max_seq_len=None, max_batch_size=8,
-        seed=1, threads=None, template="auto", precision="fast", model_parallel_size=None))]
+        seed=1, threads=None, template="auto", precision="fast", model_parallel_size=None,
+        guard_path=None, guard_format=None, guard_threshold=None, guard_exclude=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         model_path: Option<PathBuf>,
@@ -505,7 +511,24 @@ impl Engine {
         template: &str,
         precision: &str,
         model_parallel_size: Option<i64>,
+        guard_path: Option<PathBuf>,
+        guard_format: Option<String>,
+        guard_threshold: Option<f64>,
+        guard_exclude: Option<Vec<String>>,
     ) -> PyResult<Self> {
+        let guard = guard_path
+            .map(|path| {
+                GuardSpec {
+                    path,
+                    format: guard_format,
+                    threshold: guard_threshold,
+                    exclude: guard_exclude,
+                    categories: None,
+                    threads: None,
+                }
+                .options(py)
+            })
+            .transpose()?;
         let max_seq_len = max_seq_len
             .map(|n| count(py, "max_seq_len", n))
             .transpose()?;
@@ -538,10 +561,23 @@ impl Engine {
             if let Some(n) = threads {
                 b = b.threads(n);
             }
-            b.build()
+            let llama = b.build()?;
+            // The guard runs on the chat model's worker pool.
+            let guard = guard
+                .map(|(path, o)| {
+                    let o = GuardOptions {
+                        pool: Some(llama.engine().pool()),
+                        ..o
+                    };
+                    Guard::open(path, o)
+                })
+                .transpose()?;
+            Ok((llama, guard))
         })?
         .wait(py)?;
+        let (llama, guard) = llama;
         Ok(Engine {
+            guard: guard.map(Arc::new),
             tokenizer: Arc::new(llama.tokenizer().clone()),
             max_seq_len: llama.max_seq_len(),
             max_batch_size: llama.max_batch_size(),
@@ -667,6 +703,29 @@ impl Engine {
     ) -> PyResult<Bound<'py, PyList>> {
         let opts = options(py, temperature, top_p, max_gen_len, logprobs, false)?;
         let dialogs = extract_dialogs(dialogs)?;
+        if let Some(g) = &self.guard {
+            let g = Arc::clone(g);
+            let answers = on_engine(py, &self.llama, move |llama, _| {
+                llama2::safety::guarded_chat_batch(llama, &g, &dialogs, &opts)
+            })?;
+            let list = PyList::empty(py);
+            for a in answers {
+                let d = match (&a.blocked, a.prediction.clone()) {
+                    (None, Some(p)) => chat_dict(py, p)?,
+                    _ => chat_dict(
+                        py,
+                        ChatPrediction {
+                            generation: a.message.clone(),
+                            tokens: None,
+                            logprobs: None,
+                        },
+                    )?,
+                };
+                d.set_item("safety", safety_dict(py, &a)?)?;
+                list.append(d)?;
+            }
+            return Ok(list);
+        }
         let preds = on_engine(py, &self.llama, move |llama, ctl| {
             llama.chat_completion_with(&dialogs, &opts, &mut |_, _| ctl.tick())
         })?;
@@ -711,11 +770,18 @@ impl Engine {
         let opts = options(py, temperature, top_p, max_gen_len, false, false)?;
         let dialog = extract_dialog(dialog)?;
         let llama = Arc::clone(&self.llama);
+        let guard = self.guard.clone();
         let job = Job::spawn(move |ctl| {
             ctl.cancelled()?;
-            llama
-                .chat_completion_stream(&dialog, &opts, &mut |d| ctl.text(d))
-                .map(|_| ())
+            match guard {
+                Some(g) => llama2::safety::guarded_chat(&llama, &g, &dialog, &opts, &mut |d| {
+                    ctl.text(d)
+                })
+                .map(|_| ()),
+                None => llama
+                    .chat_completion_stream(&dialog, &opts, &mut |d| ctl.text(d))
+                    .map(|_| ()),
+            }
         })?;
         Ok(TextStream { job })
     }
@@ -725,6 +791,151 @@ impl Engine {
             "Engine(model_path={:?}, max_seq_len={}, max_batch_size={}, threads={})",
             self.model_path, self.max_seq_len, self.max_batch_size, self.threads
         )
+    }
+}
+
+/// The guard arguments of `Engine` and `PyGuard`: the classifier's path and options.
+struct GuardSpec {
+    path: PathBuf,
+    format: Option<String>,
+    threshold: Option<f64>,
+    exclude: Option<Vec<String>>,
+    categories: Option<Vec<(String, String)>>,
+    threads: Option<i64>,
+}
+
+impl GuardSpec {
+    fn options(self, py: Python<'_>) -> PyResult<(PathBuf, GuardOptions)> {
+        let format = self
+            .format
+            .map(|f| {
+                GuardFormat::parse(&f).ok_or_else(|| {
+                    invalid(
+                        py,
+                        format!("guard format must be lg1, lg2, lg3 or lg3-1b, got {f:?}"),
+                    )
+                })
+            })
+            .transpose()?;
+        let threads = self
+            .threads
+            .map(|n| count(py, "threads", n))
+            .transpose()?;
+        Ok((
+            self.path,
+            GuardOptions {
+                format,
+                threshold: self.threshold.map(|t| t as f32),
+                excluded: self.exclude.unwrap_or_default(),
+                categories: self.categories.map(|c| {
+                    c.into_iter()
+                        .map(|(code, name)| Category { code, name })
+                        .collect()
+                }),
+                max_seq_len: None,
+                threads,
+                pool: None,
+            },
+        ))
+    }
+}
+
+fn verdict_dict<'py>(py: Python<'py>, v: &Verdict) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("safe", v.safe)?;
+    let cats = PyList::empty(py);
+    for c in &v.categories {
+        let cd = PyDict::new(py);
+        cd.set_item("code", &c.code)?;
+        cd.set_item("name", &c.name)?;
+        cats.append(cd)?;
+    }
+    d.set_item("categories", cats)?;
+    d.set_item("unsafe_probability", f64::from(v.unsafe_probability))?;
+    d.set_item("text", &v.text)?;
+    d.set_item("prompt_tokens", v.prompt_tokens)?;
+    d.set_item("seconds", v.elapsed.as_secs_f64())?;
+    Ok(d)
+}
+
+/// `{"blocked": None | "prompt" | "answer", "verdict": {...} | None, "checks": n}`.
+fn safety_dict<'py>(py: Python<'py>, a: &GuardedAnswer) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    match &a.blocked {
+        None => {
+            d.set_item("blocked", py.None())?;
+            d.set_item("verdict", py.None())?;
+        }
+        Some(b) => {
+            d.set_item(
+                "blocked",
+                match b.stage {
+                    Stage::Prompt => "prompt",
+                    Stage::Answer => "answer",
+                },
+            )?;
+            d.set_item("verdict", verdict_dict(py, &b.verdict)?)?;
+        }
+    }
+    d.set_item("checks", a.checks.len())?;
+    Ok(d)
+}
+
+/// A Llama Guard classifier on its own: `check(dialog)` judges the dialog's last message.
+#[pyclass(module = "llama._llama", name = "Guard", frozen)]
+struct PyGuard {
+    guard: Arc<Guard>,
+}
+
+#[pymethods]
+impl PyGuard {
+    /// Loads a Llama Guard model (any model path the engine opens).
+    #[new]
+    #[pyo3(signature = (path, format=None, threshold=None, exclude=None, categories=None, threads=None))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        format: Option<String>,
+        threshold: Option<f64>,
+        exclude: Option<Vec<String>>,
+        categories: Option<Vec<(String, String)>>,
+        threads: Option<i64>,
+    ) -> PyResult<Self> {
+        let (path, options) = GuardSpec {
+            path,
+            format,
+            threshold,
+            exclude,
+            categories,
+            threads,
+        }
+        .options(py)?;
+        let guard = Job::spawn(move |_| Guard::open(path, options))?.wait(py)?;
+        Ok(PyGuard {
+            guard: Arc::new(guard),
+        })
+    }
+
+    /// Judges the last message of `dialog` (a user prompt, or an assistant answer
+    /// after its prompt): `{"safe", "categories", "unsafe_probability", "text",
+    /// "prompt_tokens", "seconds"}`.
+    fn check<'py>(&self, py: Python<'py>, dialog: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+        let dialog = extract_dialog(dialog)?;
+        let g = Arc::clone(&self.guard);
+        let v = Job::spawn(move |_| g.check(&dialog))?.wait(py)?;
+        verdict_dict(py, &v)
+    }
+
+    /// The prompt format in use (`lg1`, `lg2`, `lg3`, `lg3-1b`).
+    #[getter]
+    fn format(&self) -> &'static str {
+        self.guard.prompt().format().name()
+    }
+
+    /// The classifier prompt text for `dialog`.
+    fn render(&self, py: Python<'_>, dialog: &Bound<'_, PyAny>) -> PyResult<String> {
+        let dialog = extract_dialog(dialog)?;
+        self.guard.render(&dialog).map_err(|e| engine_err(py, e))
     }
 }
 
@@ -777,6 +988,8 @@ fn _llama(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_class::<PyTokenizer>()?;
     m.add_class::<TextStream>()?;
+    m.add_class::<PyGuard>()?;
+    m.add("REFUSAL", llama2::safety::REFUSAL)?;
     m.add("UNSAFE_ERROR", llama2::chat::UNSAFE_ERROR)?;
     Ok(())
 }

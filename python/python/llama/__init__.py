@@ -16,8 +16,18 @@ from .errors import (
     ModelLoadError,
     ModelParallelSizeError,
     PromptTooLongError,
+    SafetyClassifierError,
 )
-from .generation import ChatPrediction, CompletionPrediction, Dialog, Llama, Message, Role
+from .generation import (
+    REFUSAL,
+    ChatPrediction,
+    CompletionPrediction,
+    Dialog,
+    Llama,
+    Message,
+    Role,
+)
+from .safety import Guard
 from .tokenizer import Tokenizer
 
 __all__ = [
@@ -26,6 +36,7 @@ __all__ = [
     "CompletionPrediction",
     "Dialog",
     "DialogError",
+    "Guard",
     "InvalidArgumentError",
     "Llama",
     "LlamaError",
@@ -33,6 +44,8 @@ __all__ = [
     "ModelLoadError",
     "ModelParallelSizeError",
     "PromptTooLongError",
+    "REFUSAL",
     "Role",
+    "SafetyClassifierError",
     "Tokenizer",
 ]

@@ -52,6 +52,10 @@ class Engine:
         template: str = "auto",
         precision: str = "fast",
         model_parallel_size: Optional[int] = None,
+        guard_path: Optional[str] = None,
+        guard_format: Optional[str] = None,
+        guard_threshold: Optional[float] = None,
+        guard_exclude: Optional[Sequence[str]] = None,
     ) -> None: ...
     @property
     def tokenizer(self) -> Tokenizer: ...
@@ -104,3 +108,22 @@ class Engine:
         top_p: float = 0.9,
         max_gen_len: Optional[int] = None,
     ) -> TextStream: ...
+
+class Guard:
+    """A Llama Guard classifier (used by ``llama.Guard``)."""
+
+    def __init__(
+        self,
+        path: str,
+        format: Optional[str] = None,
+        threshold: Optional[float] = None,
+        exclude: Optional[Sequence[str]] = None,
+        categories: Optional[Sequence[Tuple[str, str]]] = None,
+        threads: Optional[int] = None,
+    ) -> None: ...
+    @property
+    def format(self) -> str: ...
+    def check(self, dialog: Sequence[Mapping[str, str]]) -> Dict[str, Any]: ...
+    def render(self, dialog: Sequence[Mapping[str, str]]) -> str: ...
+
+REFUSAL: str

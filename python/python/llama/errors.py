@@ -16,6 +16,7 @@ __all__ = [
     "PromptTooLongError",
     "ModelParallelSizeError",
     "ModelLoadError",
+    "SafetyClassifierError",
 ]
 
 
@@ -54,3 +55,8 @@ class ModelParallelSizeError(InvalidArgumentError, AssertionError):
 class ModelLoadError(LlamaError, OSError):
     """The model or tokenizer could not be read: a missing path, a corrupt or
     inconsistent checkpoint, a tokenizer that does not match the model."""
+
+
+class SafetyClassifierError(LlamaError, RuntimeError):
+    """A Llama Guard model answered something that is neither ``safe`` nor
+    ``unsafe...``, or cannot be used as a classifier: the message is not passed as safe."""

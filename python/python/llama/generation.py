@@ -30,6 +30,7 @@ __all__ = [
     "E_SYS",
     "Llama",
     "Message",
+    "REFUSAL",
     "Role",
     "SPECIAL_TAGS",
     "UNSAFE_ERROR",
@@ -68,6 +69,7 @@ B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 
 SPECIAL_TAGS = [B_INST, E_INST, "<<SYS>>", "<</SYS>>"]
 UNSAFE_ERROR = "Error: special tags are not allowed as part of the prompt."
+REFUSAL = _llama.REFUSAL  # a guard-blocked turn's answer
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -98,6 +100,10 @@ class Llama:
         model_path: Optional[PathLike] = None,
         template: str = "auto",
         precision: str = "fast",
+        guard_path: Optional[PathLike] = None,
+        guard_format: Optional[str] = None,
+        guard_threshold: Optional[float] = None,
+        guard_exclude: Optional[List[str]] = None,
     ) -> "Llama":
         """Loads a model and its tokenizer, as Meta's ``Llama.build``.
 
@@ -119,6 +125,17 @@ class Llama:
                 one, else Llama 2's), ``"llama2"``, ``"chatml"``, or Jinja source.
             precision: ``"fast"`` (llama.cpp's integer arithmetic for quantized
                 weights) or ``"exact"`` (dequantize to float32).
+            guard_path: a Llama Guard model (1, 2, 3 8B or 3 1B) that judges every
+                dialog's last user message before the model answers and the answer
+                once complete (streamed answers every 64 tokens); a blocked turn is
+                answered with :data:`REFUSAL` and each ``chat_completion`` result gets a
+                ``"safety"`` entry (``{"blocked": None | "prompt" | "answer",
+                "verdict": ..., "checks": n}``). It runs on the model's worker threads.
+            guard_format: the guard's prompt format when its file carries no template
+                (``"lg1"``, ``"lg2"``, ``"lg3"``, ``"lg3-1b"``; default: guessed).
+            guard_threshold: block when P(unsafe) at the guard's first answer token
+                reaches this (default: the guard's own answer decides).
+            guard_exclude: category codes left out of the guard's policy.
 
         Raises:
             ModelLoadError: the model or tokenizer cannot be loaded.
@@ -139,6 +156,10 @@ class Llama:
             template,
             precision,
             model_parallel_size,
+            _path(guard_path),
+            guard_format,
+            guard_threshold,
+            guard_exclude,
         )
         return Llama(engine)
 
