@@ -41,7 +41,19 @@ pub fn run(a: InspectArgs) -> Result<()> {
     let args = &m.weights.args;
     let mut dtypes: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut params = 0usize;
-    for t in m.weights.tensors.values() {
+    let tied = m
+        .weights
+        .tensors
+        .get("output.weight")
+        .map(|t| t.bytes().as_ptr())
+        == m.weights
+            .tensors
+            .get("tok_embeddings.weight")
+            .map(|t| t.bytes().as_ptr());
+    for (name, t) in &m.weights.tensors {
+        if tied && name == "output.weight" {
+            continue; // the embedding, counted once
+        }
         let e = dtypes.entry(format!("{:?}", t.dtype)).or_default();
         e.0 += 1;
         e.1 += t.bytes().len();
@@ -69,7 +81,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         "norm_eps": args.norm_eps,
         "context_length": m.context_length,
         "parameters": params,
-        "tensors": m.weights.tensors.len(),
+        "tensors": dtypes.values().map(|d| d.0).sum::<usize>(),
         "dtypes": dtypes.iter().map(|(k, (n, b))| (k.clone(), json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
         "size_on_disk": disk_size(&m.path),
         "tokenizer": {
@@ -105,8 +117,13 @@ pub fn run(a: InspectArgs) -> Result<()> {
         piece(tok.eos_id()),
         tok.eos_id()
     );
+    let scaling = match &args.rope_scaling {
+        None => String::new(),
+        Some(llama2::RopeScaling::Llama3 { factor, .. }) => format!(" (llama3 scaling x{factor})"),
+        Some(llama2::RopeScaling::Factors(_)) => " (llama3 scaling: rope_freqs.weight)".into(),
+    };
     println!(
-        "  rope theta    {}, rms eps {}",
+        "  rope theta    {}{scaling}, rms eps {}",
         args.rope_theta, args.norm_eps
     );
     if let Some(c) = m.context_length {
@@ -115,7 +132,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     println!(
         "  parameters    {:.1} M in {} tensors",
         params as f64 / 1e6,
-        m.weights.tensors.len()
+        dtypes.values().map(|d| d.0).sum::<usize>()
     );
     for (k, (n, b)) in &dtypes {
         println!(

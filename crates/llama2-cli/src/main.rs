@@ -53,7 +53,7 @@ struct ConvertArgs {
     /// Model to convert: a Meta checkpoint folder, a Hugging Face folder or a .gguf file.
     #[arg(long, required_unless_present = "random")]
     model: Option<PathBuf>,
-    /// Instead of converting, write random weights with a released shape (7b, 13b) for
+    /// Instead of converting, write random weights with a released shape (7b, 13b, 3.2-1b) for
     /// speed measurements; needs --tokenizer.
     #[arg(long, value_enum, conflicts_with = "model", requires = "tokenizer")]
     random: Option<RandomShape>,
@@ -74,6 +74,10 @@ enum RandomShape {
     Llama7B,
     #[value(name = "13b")]
     Llama13B,
+    /// Llama 3.2 1B (Llama Guard 3 1B): GQA, llama3-scaled RoPE, tied embeddings; needs
+    /// a Llama 3 tokenizer.
+    #[value(name = "3.2-1b")]
+    Llama32_1B,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -568,10 +572,16 @@ fn convert(a: ConvertArgs) -> Result<()> {
             let json = match shape {
                 RandomShape::Llama7B => r#"{"dim": 4096, "n_layers": 32, "n_heads": 32}"#,
                 RandomShape::Llama13B => r#"{"dim": 5120, "n_layers": 40, "n_heads": 40}"#,
+                RandomShape::Llama32_1B => {
+                    r#"{"dim": 2048, "n_layers": 16, "n_heads": 32, "n_kv_heads": 8,
+                        "ffn_dim_multiplier": 1.5, "multiple_of": 256, "rope_theta": 500000.0,
+                        "use_scaled_rope": true, "rope_scaling_factor": 32.0}"#
+                }
             };
             let args = llama2::ModelArgs::from_json(json)?;
             let tokenizer = Tokenizer::from_file(tok)?;
-            llama2::convert::write_random_gguf(&args, &tokenizer, dtype, &a.out, 1)?;
+            let tied = matches!(shape, RandomShape::Llama32_1B);
+            llama2::convert::write_random_gguf(&args, &tokenizer, dtype, &a.out, 1, tied)?;
         }
         (None, Some(model), _) => {
             let model = llama2::load_model(model, a.tokenizer.as_deref())?;

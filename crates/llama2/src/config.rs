@@ -258,6 +258,23 @@ impl ModelArgs {
         Ok(())
     }
 
+    /// The scaling as one divisor per rotary frequency (GGUF's `rope_freqs.weight`, as
+    /// llama.cpp's converter writes it); `None` without scaling.
+    pub fn rope_freq_factors(&self) -> Option<Vec<f32>> {
+        match self.rope_scaling.as_ref()? {
+            RopeScaling::Factors(f) => Some(f.clone()),
+            RopeScaling::Llama3 { .. } => {
+                let scaled = self.rope_frequencies();
+                let plain = ModelArgs {
+                    rope_scaling: None,
+                    ..self.clone()
+                }
+                .rope_frequencies();
+                Some(plain.iter().zip(&scaled).map(|(p, s)| p / s).collect())
+            }
+        }
+    }
+
     /// The rotary frequencies `theta^(-2i/head_dim)` (f32, as the references compute
     /// them) after any [`RopeScaling`].
     pub fn rope_frequencies(&self) -> Vec<f32> {

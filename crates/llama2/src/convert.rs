@@ -177,16 +177,28 @@ fn write_metadata(
     Ok(())
 }
 
+/// Llama 3.1-style RoPE scaling as llama.cpp stores it: `rope_freqs.weight`, one F32
+/// divisor per rotary frequency.
+fn add_rope_factors(w: &mut GgufWriter<'_>, args: &crate::config::ModelArgs) -> Result<()> {
+    if let Some(f) = args.rope_freq_factors() {
+        let bytes = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.add_tensor_bytes("rope_freqs.weight", DType::F32, &[f.len()], bytes)?;
+    }
+    Ok(())
+}
+
 /// Writes a model with `args`' shapes and random weights as GGUF, for measuring speed
 /// at real scale without real weights: 2-D weights are `dtype` blocks of random
 /// quantized values with small random scales (float types: small random values), norms
-/// are 1. Generated one tensor at a time, reproducibly from `seed`.
+/// are 1. Generated one tensor at a time, reproducibly from `seed`. With `tied`, no
+/// `output.weight` is written (the embedding serves, as in Llama 3.2 1B).
 pub fn write_random_gguf(
     args: &crate::config::ModelArgs,
     tokenizer: &Tokenizer,
     dtype: DType,
     out: &Path,
     seed: u64,
+    tied: bool,
 ) -> Result<()> {
     use rand_chacha::ChaCha8Rng;
     use rand_core::{Rng, SeedableRng};
@@ -197,6 +209,7 @@ pub fn write_random_gguf(
     let vocab = tokenizer.n_words();
     let mut w = GgufWriter::new();
     write_metadata(&mut w, args, vocab, "random", 4096, tokenizer, None, dtype)?;
+    add_rope_factors(&mut w, args)?;
     let (dim, hd) = (args.dim, args.head_dim());
     let (q, kv, ff) = (
         args.n_heads * hd,
@@ -220,7 +233,9 @@ pub fn write_random_gguf(
         ]);
     }
     shapes.push(("output_norm.weight".into(), vec![dim]));
-    shapes.push(("output.weight".into(), vec![vocab, dim]));
+    if !tied {
+        shapes.push(("output.weight".into(), vec![vocab, dim]));
+    }
     for (k, (name, shape)) in shapes.into_iter().enumerate() {
         let is_norm = shape.len() == 1;
         let target = if is_norm { DType::F32 } else { dtype };
@@ -307,6 +322,7 @@ pub fn convert_to_gguf(model: &LoadedModel, out: &Path, dtype: DType) -> Result<
         model.chat_template.as_deref(),
         dtype,
     )?;
+    add_rope_factors(&mut w, &model.weights.args)?;
 
     let tensors = &model.weights.tensors;
     let mut names: Vec<&String> = tensors.keys().filter(|n| gguf_name(n).is_some()).collect();

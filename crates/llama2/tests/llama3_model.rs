@@ -93,3 +93,29 @@ fn scaled_rope_matters() {
         assert!((plain[i] / scaled[i] - 8.0).abs() < 1e-4, "{i}");
     }
 }
+
+#[test]
+fn converting_to_gguf_keeps_scaling_and_tied_embeddings() {
+    let dir = model_dir("tiny-llama3");
+    let loaded =
+        llama2::load_model(&dir.join("meta"), Some(&dir.join("meta/tokenizer.model"))).unwrap();
+    let out = std::env::temp_dir().join(format!("tiny-llama3-{}.gguf", std::process::id()));
+    llama2::convert::convert_to_gguf(&loaded, &out, llama2::tensor::DType::F32).unwrap();
+    let file = llama2::checkpoint::gguf::GgufFile::open(&out).unwrap();
+    assert!(file.tensor_info("rope_freqs.weight").is_some());
+    assert!(
+        file.tensor_info("output.weight").is_none(),
+        "tied: no output.weight"
+    );
+    let llama = Llama::open(&out)
+        .max_seq_len(64)
+        .max_batch_size(1)
+        .build()
+        .unwrap();
+    let g = golden("tiny-llama3");
+    let c = &g["cases"][0];
+    let (_, _, want) = read_npy(&dir.join(c["logits_file"].as_str().unwrap()));
+    let got = llama.logits(&ids(&c["ids"])).unwrap();
+    assert!(max_abs_diff(&got, &want) < 1e-4);
+    std::fs::remove_file(&out).ok();
+}
