@@ -774,10 +774,10 @@ impl Engine {
         let job = Job::spawn(move |ctl| {
             ctl.cancelled()?;
             match guard {
-                Some(g) => llama2::safety::guarded_chat(&llama, &g, &dialog, &opts, &mut |d| {
-                    ctl.text(d)
-                })
-                .map(|_| ()),
+                Some(g) => {
+                    llama2::safety::guarded_chat(&llama, &g, &dialog, &opts, &mut |d| ctl.text(d))
+                        .map(|_| ())
+                }
                 None => llama
                     .chat_completion_stream(&dialog, &opts, &mut |d| ctl.text(d))
                     .map(|_| ()),
@@ -817,10 +817,7 @@ impl GuardSpec {
                 })
             })
             .transpose()?;
-        let threads = self
-            .threads
-            .map(|n| count(py, "threads", n))
-            .transpose()?;
+        let threads = self.threads.map(|n| count(py, "threads", n)).transpose()?;
         Ok((
             self.path,
             GuardOptions {
@@ -919,7 +916,11 @@ impl PyGuard {
     /// Judges the last message of `dialog` (a user prompt, or an assistant answer
     /// after its prompt): `{"safe", "categories", "unsafe_probability", "text",
     /// "prompt_tokens", "seconds"}`.
-    fn check<'py>(&self, py: Python<'py>, dialog: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+    fn check<'py>(
+        &self,
+        py: Python<'py>,
+        dialog: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let dialog = extract_dialog(dialog)?;
         let g = Arc::clone(&self.guard);
         let v = Job::spawn(move |_| g.check(&dialog))?.wait(py)?;
