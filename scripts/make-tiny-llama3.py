@@ -628,6 +628,8 @@ def main():
                 c["llama_cpp_argmax_equal" + sfx] = bool((cpp.argmax(-1) == logits.numpy().argmax(-1)).all())
                 if kvt == "f32":
                     max_cpp = max(max_cpp, d_cpp)
+                    # llama.cpp's exact-settings logits: the Rust tests compare with them too.
+                    np.save(os.path.join(OUT, f"llama_cpp_logits_{name}.npy"), cpp)
                 else:
                     max_cpp16 = max(max_cpp16, d_cpp)
         golden_cases.append(c)
