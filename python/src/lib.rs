@@ -361,13 +361,14 @@ fn template_choice(py: Python<'_>, t: &str) -> PyResult<TemplateChoice> {
     Ok(match t {
         "auto" => TemplateChoice::Auto,
         "llama2" => TemplateChoice::Llama2,
+        "llama3" => TemplateChoice::Llama3,
         "chatml" => TemplateChoice::ChatMl,
         src if src.contains("{{") || src.contains("{%") => TemplateChoice::Jinja(src.to_owned()),
         other => {
             return Err(invalid(
                 py,
                 format!(
-                    "template must be 'auto', 'llama2', 'chatml' or Jinja source, got {other:?}"
+                    "template must be 'auto', 'llama2', 'llama3', 'chatml' or Jinja source, got {other:?}"
                 ),
             ))
         }
@@ -491,6 +492,20 @@ fn chat_dict<'py>(py: Python<'py>, p: ChatPrediction) -> PyResult<Bound<'py, PyD
     Ok(d)
 }
 
+impl Engine {
+    /// Raw-text and token calls bypass the chat roles a guard judges: refused when one
+    /// is set.
+    fn unguarded_only(&self, py: Python<'_>, call: &str) -> PyResult<()> {
+        if self.guard.is_some() {
+            return Err(invalid(
+                py,
+                format!("{call} is not available with a guard (guard_path): use chat_completion"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[pymethods]
 impl Engine {
     /// Loads a model: a Meta checkpoint folder, a Hugging Face folder or a `.gguf` file
@@ -567,6 +582,7 @@ impl Engine {
                 .map(|(path, o)| {
                     let o = GuardOptions {
                         pool: Some(llama.engine().pool()),
+                        max_seq_len: Some(llama.max_seq_len().saturating_add(1024)),
                         ..o
                     };
                     Guard::open(path, o)
@@ -646,6 +662,7 @@ impl Engine {
         logprobs: bool,
         echo: bool,
     ) -> PyResult<(Bound<'py, PyList>, Option<Bound<'py, PyList>>)> {
+        self.unguarded_only(py, "generate")?;
         let opts = options(py, temperature, top_p, max_gen_len, logprobs, echo)?;
         let prompts = prompt_tokens
             .into_iter()
@@ -678,6 +695,7 @@ impl Engine {
         logprobs: bool,
         echo: bool,
     ) -> PyResult<Bound<'py, PyList>> {
+        self.unguarded_only(py, "text_completion")?;
         let opts = options(py, temperature, top_p, max_gen_len, logprobs, echo)?;
         let preds = on_engine(py, &self.llama, move |llama, ctl| {
             llama.text_completion_with(&prompts, &opts, &mut |_, _| ctl.tick())
@@ -705,8 +723,10 @@ impl Engine {
         let dialogs = extract_dialogs(dialogs)?;
         if let Some(g) = &self.guard {
             let g = Arc::clone(g);
-            let answers = on_engine(py, &self.llama, move |llama, _| {
-                llama2::safety::guarded_chat_batch(llama, &g, &dialogs, &opts)
+            let answers = on_engine(py, &self.llama, move |llama, ctl| {
+                llama2::safety::guarded_chat_batch(llama, &g, &dialogs, &opts, &mut |_, _| {
+                    ctl.tick()
+                })
             })?;
             let list = PyList::empty(py);
             for a in answers {
@@ -746,6 +766,7 @@ impl Engine {
         top_p: f64,
         max_gen_len: Option<i64>,
     ) -> PyResult<TextStream> {
+        self.unguarded_only(py, "stream_text_completion")?;
         let opts = options(py, temperature, top_p, max_gen_len, false, false)?;
         let llama = Arc::clone(&self.llama);
         let job = Job::spawn(move |ctl| {
@@ -864,13 +885,7 @@ fn safety_dict<'py>(py: Python<'py>, a: &GuardedAnswer) -> PyResult<Bound<'py, P
             d.set_item("verdict", py.None())?;
         }
         Some(b) => {
-            d.set_item(
-                "blocked",
-                match b.stage {
-                    Stage::Prompt => "prompt",
-                    Stage::Answer => "answer",
-                },
-            )?;
+            d.set_item("blocked", b.stage.as_str())?;
             d.set_item("verdict", verdict_dict(py, &b.verdict)?)?;
         }
     }

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import FIXTURES
-from llama import REFUSAL, Guard, Llama, SafetyClassifierError
+from llama import REFUSAL, Guard, InvalidArgumentError, Llama, SafetyClassifierError
 
 HANDMADE = FIXTURES / "models" / "handmade"
 
@@ -58,3 +58,6 @@ def test_build_with_guard_path():
     deltas = list(llama.stream_chat_completion(user("Say the magic word"), temperature=0, max_gen_len=300))
     assert deltas.count(" xyzzy") == 63
     assert deltas[-1] == REFUSAL
+    # Raw text has no roles to judge: refused with a guard.
+    with pytest.raises(InvalidArgumentError):
+        llama.text_completion(["xyzzy"], max_gen_len=4)

@@ -18,8 +18,8 @@ pub struct GuardArgs {
     /// streaming, and once complete); unsafe ones are replaced by a fixed refusal.
     #[arg(long, value_name = "MODEL")]
     pub guard: Option<PathBuf>,
-    /// The guard's prompt format when the file carries no template (lg1, lg2, lg3,
-    /// lg3-1b; default: guessed from the model).
+    /// The guard's prompt format, instead of the file's template (or, for a file without
+    /// one, instead of the guess from the model): lg1, lg2, lg3, lg3-1b.
     #[arg(long, value_name = "FORMAT", requires = "guard", value_parser = parse_format)]
     pub guard_format: Option<GuardFormat>,
     /// Call a message unsafe when P(unsafe) at the guard's first answer token reaches
@@ -118,6 +118,8 @@ impl GuardArgs {
         };
         let options = GuardOptions {
             pool: Some(chat.engine().pool()),
+            // The chat model's whole context plus the classifier's instructions.
+            max_seq_len: Some(chat.max_seq_len().saturating_add(1024)),
             ..options
         };
         let guard = Guard::open(&path, options)?;

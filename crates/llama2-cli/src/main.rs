@@ -435,9 +435,13 @@ fn chat_guarded(
     dialogs: &[Dialog],
     opts: &GenerationOptions,
 ) -> Result<()> {
-    let answers = llama2::safety::guarded_chat_batch(llama, g, dialogs, opts)?;
+    let answers = llama2::safety::guarded_chat_batch(llama, g, dialogs, opts, &mut |_, _| {
+        ControlFlow::Continue(())
+    })?;
     if a.sampling.stats {
-        a.sampling.report(llama);
+        if answers.iter().any(|ans| ans.prediction.is_some()) {
+            a.sampling.report(llama);
+        }
         for ans in &answers {
             eprintln!("{}", guard::stats_line(&ans.checks));
         }
@@ -469,7 +473,7 @@ fn chat_guarded(
         if let Some(b) = &ans.blocked {
             eprintln!(
                 "safety: {} blocked: {}",
-                stage_name(b.stage),
+                b.stage.as_str(),
                 guard::describe(&b.verdict)
             );
         }
@@ -477,13 +481,6 @@ fn chat_guarded(
         println!("\n==================================\n");
     }
     Ok(())
-}
-
-fn stage_name(s: llama2::safety::Stage) -> &'static str {
-    match s {
-        llama2::safety::Stage::Prompt => "prompt",
-        llama2::safety::Stage::Answer => "answer",
-    }
 }
 
 fn interactive(a: ChatArgs) -> Result<()> {
@@ -530,7 +527,11 @@ fn interactive(a: ChatArgs) -> Result<()> {
                 .map(|ans| (ans.message, ans.blocked, ans.checks)),
         };
         println!();
-        a.sampling.report(&llama);
+        let chat_ran =
+            !matches!(&answer, Ok((_, Some(b), _)) if b.stage == llama2::safety::Stage::Prompt);
+        if chat_ran {
+            a.sampling.report(&llama);
+        }
         match answer {
             Ok((message, blocked, checks)) => {
                 if a.sampling.stats && !checks.is_empty() {
@@ -541,7 +542,7 @@ fn interactive(a: ChatArgs) -> Result<()> {
                     Some(b) => {
                         eprintln!(
                             "safety: {} blocked: {}",
-                            stage_name(b.stage),
+                            b.stage.as_str(),
                             guard::describe(&b.verdict)
                         );
                         dialog.pop();

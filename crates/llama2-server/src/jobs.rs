@@ -55,8 +55,9 @@ impl Admission {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes `n` places, or says the server is full (503 with `Retry-After`).
-    fn admit(self: &Arc<Self>, n: usize) -> Result<Ticket, ApiError> {
+    /// Takes `n` places, or says the server is full (503 with `Retry-After`); they are
+    /// freed when the ticket drops.
+    pub fn admit(self: &Arc<Self>, n: usize) -> Result<Ticket, ApiError> {
         let mut g = self.lock();
         if g.closed {
             return Err(ApiError::unavailable(
@@ -104,7 +105,7 @@ impl Admission {
 
 /// A job's places; dropping it cancels the job's sequences and frees the places.
 #[derive(Debug)]
-struct Ticket {
+pub struct Ticket {
     admission: Arc<Admission>,
     id: u64,
     n: usize,
@@ -163,6 +164,8 @@ struct Timing {
 /// One HTTP request's sequences in the engine.
 pub struct Job {
     events: UnboundedReceiver<Event>,
+    /// Each choice's cancel flag, by tag.
+    cancels: Vec<Arc<AtomicBool>>,
     _ticket: Ticket,
     arrived: Instant,
     timing: Vec<Timing>,
@@ -189,14 +192,17 @@ impl Job {
         }
         let ticket = admission.admit(n)?;
         let (tx, rx) = unbounded_channel();
+        let mut cancels = Vec::with_capacity(n);
         for req in requests {
             debug_assert!((req.tag as usize) < n);
             // On an error the ticket is dropped, cancelling what was already submitted.
             let flag = engine.submit_to(req, AsyncSink(tx.clone()))?;
-            ticket.add_flag(flag);
+            ticket.add_flag(Arc::clone(&flag));
+            cancels.push(flag);
         }
         Ok(Job {
             events: rx,
+            cancels,
             _ticket: ticket,
             arrived,
             timing: vec![
@@ -209,6 +215,13 @@ impl Job {
             open: n,
             metrics: Arc::clone(metrics),
         })
+    }
+
+    /// Stops choice `i` at its next step (it then ends with its `Done`).
+    pub fn cancel(&self, i: usize) {
+        if let Some(f) = self.cancels.get(i) {
+            f.store(true, Ordering::Relaxed);
+        }
     }
 
     /// The next update; `None` once every choice has ended. An engine failure is a 500.

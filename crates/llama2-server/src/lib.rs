@@ -336,6 +336,8 @@ pub fn load(config: &ServerConfig) -> llama2::Result<(Llama, Option<Guard>)> {
             path,
             GuardOptions {
                 pool: Some(llama.engine().pool()),
+                // A slot's whole context plus the classifier's instructions.
+                max_seq_len: Some(llama.max_seq_len().saturating_add(1024)),
                 ..options.clone()
             },
         )?),

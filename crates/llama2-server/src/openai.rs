@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, StreamExt};
 use llama2::engine::{FinishReason, Finished, TokenOut};
-use llama2::safety::{Guard, Stage, Verdict, CHECK_EVERY_TOKENS};
+use llama2::safety::{Guard, Stage, Verdict, CHECK_EVERY_TOKENS, REFUSAL};
 use llama2::{Dialog, Llama, Message, Request, Role, SeqOptions, Tokenizer};
 use serde_json::{json, Value};
 
@@ -303,7 +303,10 @@ pub async fn chat_completions(
     // The guard judges the prompt before any sequence starts.
     let guarded = match (&guard, judged) {
         (Some(g), Some(d)) => {
+            // The check holds a place, so checks too are bounded by --parallel + --queue.
+            let place = state.admission.admit(1)?;
             let v = safety::check(g, &state.metrics, d.clone()).await?;
+            drop(place);
             if !v.safe {
                 safety::count_block(&state.metrics, Stage::Prompt);
                 let head = Head {
@@ -370,7 +373,7 @@ pub async fn chat_completions(
             let v = safety::check_answer(g, &state.metrics, d, &c.text).await?;
             if !v.safe {
                 safety::count_block(&state.metrics, Stage::Answer);
-                choice["message"]["content"] = json!(safety::refusal());
+                choice["message"]["content"] = json!(REFUSAL);
                 choice["logprobs"] = Value::Null;
                 choice["finish_reason"] = json!("content_filter");
                 choice["safety"] = safety::safety_json(Stage::Answer, &v);
@@ -390,7 +393,7 @@ fn blocked_prompt(head: &Head, sampling: &Sampling, v: &Verdict) -> Response {
         let choices = (0..sampling.n)
             .map(|i| {
                 json!({"index": i,
-                       "message": {"role": "assistant", "content": safety::refusal()},
+                       "message": {"role": "assistant", "content": REFUSAL},
                        "logprobs": null, "finish_reason": "content_filter",
                        "safety": safety})
             })
@@ -410,7 +413,7 @@ fn blocked_prompt(head: &Head, sampling: &Sampling, v: &Verdict) -> Response {
     let mut events = Vec::new();
     for i in 0..sampling.n {
         events.push(data(&chunk(vec![json!({"index": i,
-            "delta": {"role": "assistant", "content": safety::refusal()},
+            "delta": {"role": "assistant", "content": REFUSAL},
             "logprobs": null, "finish_reason": null})])));
         events.push(data(&chunk(vec![
             json!({"index": i, "delta": {}, "logprobs": null,
@@ -469,7 +472,7 @@ impl StreamGuard {
 
     /// The last chunk of a cut choice.
     fn cut_choice(i: usize, v: &Verdict) -> Value {
-        json!({"index": i, "delta": {"content": format!("\n{}", safety::refusal())},
+        json!({"index": i, "delta": {"content": format!("\n{}", REFUSAL)},
                "logprobs": null, "finish_reason": "content_filter",
                "safety": safety::safety_json(Stage::Answer, v)})
     }
@@ -587,20 +590,10 @@ impl<F: ChunkFormat> ChunkStream<F> {
                     }
                     g.texts[i].push_str(&t.text);
                     g.tokens[i] += 1;
-                    if g.tokens[i].is_multiple_of(CHECK_EVERY_TOKENS) {
-                        match g.judge(i).await {
-                            Ok(None) => {}
-                            Ok(Some(v)) => {
-                                let c = StreamGuard::cut_choice(i, &v);
-                                return Some(vec![data(&self.chunk(vec![c]))]);
-                            }
-                            Err(e) => {
-                                self.ended = true;
-                                return Some(vec![
-                                    data(&e.body()),
-                                    SseEvent::default().data("[DONE]"),
-                                ]);
-                            }
+                    let due = g.tokens[i].is_multiple_of(CHECK_EVERY_TOKENS);
+                    if due {
+                        if let Some(evs) = self.judge_choice(i).await {
+                            return Some(evs);
                         }
                     }
                 }
@@ -614,21 +607,17 @@ impl<F: ChunkFormat> ChunkStream<F> {
             }
             Some(Ok(Update::Done(i, f))) => {
                 self.usage.add(&f, self.format.counts_prompt(i));
-                if let Some(g) = &mut self.guard {
-                    if g.cut[i] {
-                        return Some(Vec::new());
+                let judge = match &mut self.guard {
+                    Some(g) if g.cut[i] => return Some(Vec::new()),
+                    Some(g) => {
+                        g.texts[i].push_str(&f.text);
+                        true
                     }
-                    g.texts[i].push_str(&f.text);
-                    match g.judge(i).await {
-                        Ok(None) => {}
-                        Ok(Some(v)) => {
-                            let c = StreamGuard::cut_choice(i, &v);
-                            return Some(vec![data(&self.chunk(vec![c]))]);
-                        }
-                        Err(e) => {
-                            self.ended = true;
-                            return Some(vec![data(&e.body()), SseEvent::default().data("[DONE]")]);
-                        }
+                    None => false,
+                };
+                if judge {
+                    if let Some(evs) = self.judge_choice(i).await {
+                        return Some(evs);
                     }
                 }
                 Some(vec![data(&self.chunk(vec![self.format.done(i, &f)]))])
@@ -647,6 +636,25 @@ impl<F: ChunkFormat> ChunkStream<F> {
                 }
                 out.push(SseEvent::default().data("[DONE]"));
                 Some(out)
+            }
+        }
+    }
+
+    /// Judges choice `i`'s text so far (`--guard`): the events to send instead of the
+    /// token when it is unsafe (the choice's last chunk; its sequence is stopped) or
+    /// the check failed (an error, then the end of the stream); `None` when safe.
+    async fn judge_choice(&mut self, i: usize) -> Option<Vec<SseEvent>> {
+        let g = self.guard.as_mut()?;
+        match g.judge(i).await {
+            Ok(None) => None,
+            Ok(Some(v)) => {
+                self.job.cancel(i);
+                let c = StreamGuard::cut_choice(i, &v);
+                Some(vec![data(&self.chunk(vec![c]))])
+            }
+            Err(e) => {
+                self.ended = true;
+                Some(vec![data(&e.body()), SseEvent::default().data("[DONE]")])
             }
         }
     }
@@ -738,6 +746,14 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let llama = ready(&state)?;
+    if state.guard().is_some() {
+        // Raw prompts would bypass the classifier's view of who says what.
+        return Err(ApiError::bad_request(
+            "this server judges prompts and answers with a safety classifier (--guard): \
+             use /v1/chat/completions; /v1/completions is disabled",
+        )
+        .with_code("guarded"));
+    }
     let body = body_bytes(body, state.body_limit)?;
     let (req, sampling): (CompletionRequest, _) = parse_generation(&body)?;
     let limits = state.limits(&llama);

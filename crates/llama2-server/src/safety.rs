@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use llama2::safety::{Guard, Stage, Verdict, REFUSAL};
-use llama2::{Dialog, Message, Role};
+use llama2::safety::{with_answer, Guard, Stage, Verdict};
+use llama2::Dialog;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -22,10 +22,12 @@ pub async fn check(
 ) -> Result<Verdict, ApiError> {
     let g = Arc::clone(guard);
     let started = Instant::now();
+    // Input the classifier cannot take (too long, forged control text) is the
+    // request's fault (400); a classifier that fails or answers garbage is ours (500).
     let verdict = tokio::task::spawn_blocking(move || g.check(&dialog))
         .await
         .map_err(|e| ApiError::internal(format!("the safety check failed: {e}")))?
-        .map_err(|e| ApiError::internal(format!("the safety check failed: {e}")))?;
+        .map_err(|e| ApiError::from(e).with_param("messages"))?;
     metrics.guard_check.observe(started.elapsed().as_secs_f64());
     Ok(verdict)
 }
@@ -37,9 +39,7 @@ pub async fn check_answer(
     dialog: &Dialog,
     answer: &str,
 ) -> Result<Verdict, ApiError> {
-    let mut d = dialog.clone();
-    d.push(Message::new(Role::Assistant, answer));
-    check(guard, metrics, d).await
+    check(guard, metrics, with_answer(dialog, answer)).await
 }
 
 /// The `safety` object of a blocked choice.
@@ -54,14 +54,8 @@ pub fn safety_json(stage: Stage, v: &Verdict) -> Value {
 
 /// Counts a blocked message in `/metrics`.
 pub fn count_block(metrics: &Metrics, stage: Stage) {
-    let label = match stage {
-        Stage::Prompt => "prompt",
-        Stage::Answer => "answer",
-    };
-    metrics.guard_blocked.with_label_values(&[label]).inc();
-}
-
-/// The refusal a blocked choice ends with.
-pub fn refusal() -> &'static str {
-    REFUSAL
+    metrics
+        .guard_blocked
+        .with_label_values(&[stage.as_str()])
+        .inc();
 }

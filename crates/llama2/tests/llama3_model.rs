@@ -46,7 +46,10 @@ fn logits_at_every_position_match_transformers() {
                 let (_, _, cpp) = read_npy(&model_dir("tiny-llama3").join(file));
                 let err = max_abs_diff(&got, &cpp);
                 assert!(err < 1e-4, "gguf {} vs llama.cpp: {err}", c["name"]);
-                eprintln!("tiny-llama3/gguf {}: max |logit - llama.cpp| = {err:.2e}", c["name"]);
+                eprintln!(
+                    "tiny-llama3/gguf {}: max |logit - llama.cpp| = {err:.2e}",
+                    c["name"]
+                );
             }
             // The same ids from text, with this layout's tokenizer.
             if let Some(text) = c["text"].as_str() {

@@ -122,7 +122,8 @@ class Llama:
             threads: worker threads (default: the physical cores).
             model_path: any model path (instead of ``ckpt_dir``).
             template: chat format: ``"auto"`` (the model's own Jinja template if it has
-                one, else Llama 2's), ``"llama2"``, ``"chatml"``, or Jinja source.
+                one, else Llama 3's for a Llama 3 vocabulary, else Llama 2's),
+                ``"llama2"``, ``"llama3"``, ``"chatml"``, or Jinja source.
             precision: ``"fast"`` (llama.cpp's integer arithmetic for quantized
                 weights) or ``"exact"`` (dequantize to float32).
             guard_path: a Llama Guard model (1, 2, 3 8B or 3 1B) that judges every
@@ -131,8 +132,11 @@ class Llama:
                 answered with :data:`REFUSAL` and each ``chat_completion`` result gets a
                 ``"safety"`` entry (``{"blocked": None | "prompt" | "answer",
                 "verdict": ..., "checks": n}``). It runs on the model's worker threads.
-            guard_format: the guard's prompt format when its file carries no template
-                (``"lg1"``, ``"lg2"``, ``"lg3"``, ``"lg3-1b"``; default: guessed).
+                With a guard, ``text_completion`` and ``generate`` (raw text and ids,
+                no roles to judge) raise ``InvalidArgumentError``.
+            guard_format: the guard's prompt format instead of its file's template (or
+                of the guess for a file without one): ``"lg1"``, ``"lg2"``, ``"lg3"``,
+                ``"lg3-1b"``.
             guard_threshold: block when P(unsafe) at the guard's first answer token
                 reaches this (default: the guard's own answer decides).
             guard_exclude: category codes left out of the guard's policy.

@@ -152,14 +152,6 @@ pub fn encode_dialog_llama3(tok: &Tokenizer, dialog: &[Message]) -> Result<Vec<u
     Ok(ids)
 }
 
-/// True when a message holds a Llama 3 control-token text.
-pub fn has_llama3_control(dialog: &[Message]) -> bool {
-    dialog.iter().any(|m| {
-        m.content.contains(LLAMA3_RESERVED_PREFIX)
-            || LLAMA3_CONTROL.iter().any(|t| m.content.contains(t))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

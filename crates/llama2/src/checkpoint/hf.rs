@@ -102,11 +102,12 @@ fn model_args(path: &Path, cfg: &HfConfig) -> Result<ModelArgs> {
     if cfg.attention_bias || cfg.mlp_bias {
         return Err(bad("attention or MLP biases are not supported".into()));
     }
-    let rope_type = |v: &Value| {
-        v.get("rope_type")
-            .or_else(|| v.get("type"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
+    let rope_type = |v: &Value| -> Result<Option<String>> {
+        match v.get("rope_type").or_else(|| v.get("type")) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(bad(format!("rope_type {other} is not a string"))),
+        }
     };
     let mut theta = cfg.rope_theta.unwrap_or(10000.0);
     let mut rope_scaling = None;
@@ -124,7 +125,7 @@ fn model_args(path: &Path, cfg: &HfConfig) -> Result<ModelArgs> {
                 .as_f64()
                 .ok_or_else(|| bad(format!("rope_theta {t} is not a number")))?;
         }
-        match rope_type(p).as_deref() {
+        match rope_type(p)?.as_deref() {
             None | Some("default") => {}
             Some("llama3") => rope_scaling = Some(llama3_scaling(p).map_err(bad)?),
             Some(t) => return Err(bad(format!("rope type {t} is not supported"))),

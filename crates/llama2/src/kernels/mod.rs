@@ -555,14 +555,6 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
-    /// Table for `max_pos` positions.
-    pub fn new(head_dim: usize, max_pos: usize, theta: f64) -> Self {
-        let freqs: Vec<f32> = (0..head_dim / 2)
-            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-            .collect();
-        Self::from_frequencies(&freqs, max_pos)
-    }
-
     /// Table for `max_pos` positions over given per-pair frequencies (after any
     /// long-context scaling; see `ModelArgs::rope_frequencies`).
     pub fn from_frequencies(freqs: &[f32], max_pos: usize) -> Self {
@@ -1195,7 +1187,7 @@ mod tests {
 
     #[test]
     fn rope_rotates_adjacent_pairs() {
-        let t = RopeTable::new(4, 8, 10000.0);
+        let t = RopeTable::from_frequencies(&[1.0, 0.01], 8); // head_dim 4, theta 10000
         let mut x = [1.0, 0.0, 0.0, 1.0];
         t.apply(&mut x, 3);
         // pair 0: frequency 1, angle 3; pair 1: frequency 1/100, angle 0.03

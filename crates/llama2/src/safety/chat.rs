@@ -24,6 +24,16 @@ pub enum Stage {
     Answer,
 }
 
+impl Stage {
+    /// `prompt` or `answer`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Prompt => "prompt",
+            Stage::Answer => "answer",
+        }
+    }
+}
+
 /// Why a turn was blocked.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Blocked {
@@ -42,7 +52,8 @@ pub struct GuardedAnswer {
     pub blocked: Option<Blocked>,
     /// Every verdict of the turn, in order (costs for `--stats`).
     pub checks: Vec<Verdict>,
-    /// The chat model's prediction, when it ran (its text may have been replaced).
+    /// The chat model's prediction as generated, when it ran (for a blocked answer, the
+    /// unsafe text the user did not get).
     pub prediction: Option<ChatPrediction>,
 }
 
@@ -60,8 +71,9 @@ fn refused(
     }
 }
 
-/// The dialog with `answer` as the assistant's last message.
-fn with_answer(dialog: &Dialog, answer: &str) -> Dialog {
+/// The dialog with `answer` as the assistant's last message (what judging an answer
+/// takes).
+pub fn with_answer(dialog: &Dialog, answer: &str) -> Dialog {
     let mut d = dialog.clone();
     d.push(Message::new(Role::Assistant, answer));
     d
@@ -79,8 +91,8 @@ pub fn guarded_chat(
     opts: &GenerationOptions,
     on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
 ) -> Result<GuardedAnswer> {
-    let verdict = guard.check(dialog)?;
-    let mut checks = vec![verdict.clone()];
+    let mut checks = Vec::new();
+    let verdict = check_prompt(guard, dialog, &mut checks)?;
     if !verdict.safe {
         let _ = on_text(REFUSAL);
         return Ok(refused(Stage::Prompt, verdict, checks, None));
@@ -105,6 +117,9 @@ pub fn guarded_chat(
                     return ControlFlow::Break(());
                 }
             }
+        }
+        if text.is_empty() {
+            return ControlFlow::Continue(());
         }
         on_text(text)
     })?;
@@ -131,17 +146,42 @@ pub fn guarded_chat(
     })
 }
 
+/// Judges a prompt: the dialog as it stands (its last user message, with any system
+/// message folded into the first user turn), and, when the system message is not in
+/// that last turn, the system message on its own. Returns the first unsafe verdict, or
+/// the last.
+fn check_prompt(guard: &Guard, dialog: &Dialog, checks: &mut Vec<Verdict>) -> Result<Verdict> {
+    let system: Vec<&Message> = dialog.iter().filter(|m| m.role == Role::System).collect();
+    let users = dialog.iter().filter(|m| m.role == Role::User).count();
+    if !system.is_empty() && users > 1 {
+        let text: Vec<&str> = system.iter().map(|m| m.content.as_str()).collect();
+        let v = guard.check(&[Message::new(Role::User, text.join("\n\n"))])?;
+        checks.push(v.clone());
+        if !v.safe {
+            return Ok(v);
+        }
+    }
+    let v = guard.check(dialog)?;
+    checks.push(v.clone());
+    Ok(v)
+}
+
 /// Answers several dialogs as one batch: prompts judged first, the safe ones answered
-/// together, each answer judged once complete.
+/// together, each answer judged once complete. `on_token(row, id)` sees every generated
+/// token of the safe rows (`Break` stops the call, e.g. on Ctrl-C).
 pub fn guarded_chat_batch(
     llama: &Llama,
     guard: &Guard,
     dialogs: &[Dialog],
     opts: &GenerationOptions,
+    on_token: &mut dyn FnMut(usize, u32) -> ControlFlow<()>,
 ) -> Result<Vec<GuardedAnswer>> {
     let mut verdicts = Vec::with_capacity(dialogs.len());
+    let mut prompt_checks = Vec::with_capacity(dialogs.len());
     for d in dialogs {
-        verdicts.push(guard.check(d)?);
+        let mut checks = Vec::new();
+        verdicts.push(check_prompt(guard, d, &mut checks)?);
+        prompt_checks.push(checks);
     }
     let safe: Vec<Dialog> = dialogs
         .iter()
@@ -149,16 +189,18 @@ pub fn guarded_chat_batch(
         .filter(|(_, v)| v.safe)
         .map(|(d, _)| d.clone())
         .collect();
-    let mut predictions = llama.chat_completion(&safe, opts)?.into_iter();
+    let mut predictions = llama
+        .chat_completion_with(&safe, opts, on_token)?
+        .into_iter();
     let mut out = Vec::with_capacity(dialogs.len());
-    for (d, v) in dialogs.iter().zip(verdicts) {
+    for ((d, v), mut checks) in dialogs.iter().zip(verdicts).zip(prompt_checks) {
         if !v.safe {
-            out.push(refused(Stage::Prompt, v.clone(), vec![v], None));
+            out.push(refused(Stage::Prompt, v, checks, None));
             continue;
         }
         let p = predictions.next().expect("one prediction per safe dialog");
         let answer_verdict = guard.check(&with_answer(d, &p.generation.content))?;
-        let checks = vec![v, answer_verdict.clone()];
+        checks.push(answer_verdict.clone());
         if answer_verdict.safe {
             out.push(GuardedAnswer {
                 message: p.generation.clone(),

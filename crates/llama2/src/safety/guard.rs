@@ -32,7 +32,8 @@ pub struct GuardOptions {
     pub excluded: Vec<String>,
     /// Categories that replace the model's list (where the format allows it).
     pub categories: Option<Vec<Category>>,
-    /// Context of the classifier (default 4096 positions).
+    /// Context of the classifier (default 4096 positions): a conversation plus the
+    /// instructions (~400 tokens) must fit, so give the chat model's context plus 1024.
     pub max_seq_len: Option<usize>,
     /// Worker threads when not sharing a pool.
     pub threads: Option<usize>,
@@ -92,6 +93,9 @@ pub struct Guard {
     /// Ids whose probability at the verdict token is P(`unsafe`), and those of `safe`.
     unsafe_ids: Vec<u32>,
     safe_ids: Vec<u32>,
+    /// Texts no judged message may contain: the classifier prompt's control tokens and
+    /// turn markers, which typed by a user would forge the classifier's own turns.
+    forbidden: Vec<String>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -201,7 +205,7 @@ impl Guard {
         let categories = options.categories.unwrap_or_else(|| format.categories());
         for code in &options.excluded {
             if !categories.iter().any(|c| &c.code == code) {
-                return Err(Error::Guard(format!(
+                return Err(Error::InvalidArgument(format!(
                     "category {code} is not one of this model's ({})",
                     categories
                         .iter()
@@ -235,6 +239,22 @@ impl Guard {
         // vocabularies write `▁safe`).
         let unsafe_ids = ids_of(&["unsafe", " unsafe"]);
         let safe_ids = ids_of(&["safe", " safe"]);
+        // `[INST]` prompts built in are plain text: only their tags could forge a turn.
+        // Every other prompt is tokenized with special tokens parsed: their texts too.
+        let inst = matches!(format, GuardFormat::LlamaGuard1 | GuardFormat::LlamaGuard2);
+        let mut forbidden: Vec<String> = Vec::new();
+        if !(inst && matches!(prompt, GuardPrompt::Builtin(_))) {
+            forbidden.extend(
+                (0..tok.n_words() as u32)
+                    .filter(|&id| tok.is_control(id))
+                    .filter_map(|id| tok.token_text(id))
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string),
+            );
+        }
+        if inst {
+            forbidden.extend(["[INST]", "[/INST]"].map(String::from));
+        }
         if unsafe_ids.is_empty() || safe_ids.is_empty() {
             return Err(Error::Guard(
                 "the vocabulary has no single token for 'safe' or 'unsafe': not a Llama Guard \
@@ -250,6 +270,7 @@ impl Guard {
             threshold: options.threshold,
             unsafe_ids,
             safe_ids,
+            forbidden,
         })
     }
 
@@ -268,14 +289,24 @@ impl Guard {
         &self.llama
     }
 
-    /// The conversation the classifier judges: system messages dropped (the formats have
-    /// none), user/assistant turns in order. The judged role is the last message's.
-    fn turns(dialog: &[Message]) -> Result<Vec<(bool, &str)>> {
-        let turns: Vec<(bool, &str)> = dialog
+    /// The conversation the classifier judges: user/assistant turns in order, a system
+    /// message folded into the first user turn (the formats have no system role, and
+    /// what it says must be judged too). The judged role is the last message's.
+    fn turns(dialog: &[Message]) -> Result<Vec<(bool, std::borrow::Cow<'_, str>)>> {
+        use std::borrow::Cow;
+        let system: Vec<&str> = dialog
+            .iter()
+            .filter(|m| m.role == Role::System)
+            .map(|m| m.content.as_str())
+            .collect();
+        let mut turns: Vec<(bool, Cow<'_, str>)> = dialog
             .iter()
             .filter(|m| m.role != Role::System)
-            .map(|m| (m.role == Role::User, m.content.as_str()))
+            .map(|m| (m.role == Role::User, Cow::Borrowed(m.content.as_str())))
             .collect();
+        if let (false, Some((true, first))) = (system.is_empty(), turns.first_mut()) {
+            *first = Cow::Owned(format!("{}\n\n{first}", system.join("\n\n")));
+        }
         let alternates = turns.iter().enumerate().all(|(i, t)| t.0 == (i % 2 == 0));
         if turns.is_empty() || !alternates {
             return Err(Error::Guard(
@@ -285,9 +316,25 @@ impl Guard {
         Ok(turns)
     }
 
-    /// The classifier prompt text for `dialog` (judging its last message).
+    /// The classifier prompt text for `dialog` (judging its last message). A message
+    /// holding one of the prompt's control texts (`<|eot_id|>`, `[/INST]`, ...) is an
+    /// [`Error::InvalidArgument`]: it could forge the classifier's turns, so it cannot be
+    /// judged (and is not passed).
     pub fn render(&self, dialog: &[Message]) -> Result<String> {
+        for m in dialog {
+            if let Some(t) = self
+                .forbidden
+                .iter()
+                .find(|t| m.content.contains(t.as_str()))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "a message contains {t:?}, a control text of the safety classifier's \
+                     prompt: it cannot be judged"
+                )));
+            }
+        }
         let turns = Self::turns(dialog)?;
+        let turns: Vec<(bool, &str)> = turns.iter().map(|(u, t)| (*u, t.as_ref())).collect();
         let listed: Vec<Category> = self
             .categories
             .iter()
@@ -328,11 +375,11 @@ impl Guard {
         let prompt = self.encode(dialog)?;
         let prompt_tokens = prompt.len();
         if prompt_tokens + MAX_ANSWER_TOKENS > self.llama.max_seq_len() {
-            return Err(Error::Guard(format!(
-                "the conversation takes {prompt_tokens} tokens in the classifier prompt, more \
-                 than its context of {} allows",
-                self.llama.max_seq_len()
-            )));
+            return Err(Error::PromptTooLong {
+                index: 0,
+                len: prompt_tokens + MAX_ANSWER_TOKENS,
+                max_seq_len: self.llama.max_seq_len(),
+            });
         }
         let watch_ids: Vec<u32> = self
             .unsafe_ids

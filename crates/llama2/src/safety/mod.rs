@@ -13,7 +13,8 @@ mod format;
 mod guard;
 
 pub use chat::{
-    guarded_chat, guarded_chat_batch, Blocked, GuardedAnswer, Stage, CHECK_EVERY_TOKENS,
+    guarded_chat, guarded_chat_batch, with_answer, Blocked, GuardedAnswer, Stage,
+    CHECK_EVERY_TOKENS,
 };
 pub use format::{Category, GuardFormat};
 pub use guard::{parse_answer, render_template, Guard, GuardOptions, GuardPrompt, Verdict};

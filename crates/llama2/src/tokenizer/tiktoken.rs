@@ -120,6 +120,12 @@ pub fn vocab_from_tiktoken(bytes: &[u8]) -> Result<BpeVocab> {
             )));
         }
     }
+    // Byte-level BPE needs every byte as a token, or text would be silently dropped.
+    if let Some(b) = (0..=255u8).find(|b| !rank_of.contains_key(&[*b][..])) {
+        return Err(tok_err(format!(
+            "tiktoken file: the byte 0x{b:02x} is not a token (every byte must be)"
+        )));
+    }
     let mapped = |b: &[u8]| b.iter().map(|&c| byte_to_char(c)).collect::<String>();
     // Every split of a token into two tokens is a merge of that token's rank; ordered by
     // (rank made, left rank, right rank) as transformers' `TikTokenConverter` writes them.
@@ -205,12 +211,26 @@ mod tests {
     fn malformed_files_are_errors() {
         let mut shuffled = file(&[]);
         shuffled.extend(b"YWI= 300\n");
+        // 256 ranks, but the byte 0xff is not one of them.
+        let mut no_ff = String::new();
+        for b in 0..=255u8 {
+            let t: &[u8] = if b == 255 { b"ab" } else { &[b] };
+            no_ff += &format!(
+                "{} {b}\n",
+                base64::engine::general_purpose::STANDARD.encode(t)
+            );
+        }
+        assert!(vocab_from_tiktoken(no_ff.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("0xff"));
         for bad in [
             b"YQ== 0\nYg== 2\n".to_vec(),
             b"not base64! 0\n".to_vec(),
             b"YQ== x\n".to_vec(),
             shuffled,
             file(&[b"a"]),
+            no_ff.into_bytes(),
         ] {
             assert!(vocab_from_tiktoken(&bad).is_err());
         }
