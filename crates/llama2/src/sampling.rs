@@ -130,19 +130,23 @@ pub fn logprob(logits: &[f32], token: u32) -> f32 {
     (logits[token as usize] as f64 - max - sum.ln()) as f32
 }
 
+/// `ln(sum(exp(logits)))`, max-subtracted, in f64.
+fn log_partition(logits: &[f32]) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    max + logits
+        .iter()
+        .map(|&l| (l as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+}
+
 /// `log_softmax(logits)` at each of `ids` (negative infinity outside the vocabulary);
 /// empty without ids.
 pub fn logprobs_of(logits: &[f32], ids: &[u32]) -> Vec<f32> {
     if ids.is_empty() {
         return Vec::new();
     }
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let log_z = max
-        + logits
-            .iter()
-            .map(|&l| (l as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
+    let log_z = log_partition(logits);
     ids.iter()
         .map(|&id| {
             logits
@@ -158,13 +162,7 @@ pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     if k == 0 || logits.is_empty() {
         return Vec::new();
     }
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let log_z = max
-        + logits
-            .iter()
-            .map(|&l| (l as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
+    let log_z = log_partition(logits);
     let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
     let by_logit = |a: &u32, b: &u32| {
         logits[*b as usize]

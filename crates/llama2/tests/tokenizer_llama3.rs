@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::ids;
 use llama2::chat::ChatTemplate;
 use llama2::{Message, Role, Tokenizer};
 use serde_json::Value;
@@ -18,14 +19,6 @@ fn cases(name: &str) -> Vec<Value> {
     let text =
         std::fs::read_to_string(common::fixtures().join("tokenizer/llama3").join(name)).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 #[test]
