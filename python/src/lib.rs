@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use llama2::safety::{Category, Guard, GuardFormat, GuardOptions, GuardedAnswer, Stage, Verdict};
+use llama2::safety::{Category, Guard, GuardFormat, GuardOptions, GuardedAnswer, Verdict};
 use llama2::{
     ChatPrediction, CompletionPrediction, Dialog, DialogError, GenerationOptions, Llama, Message,
     Precision, Role, TemplateChoice,
