@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use llama2::model::{KvPool, SeqChunk, Workspace};
 use llama2::{sampling, Llama};
@@ -126,10 +126,10 @@ fn llama2_first(vocab: usize) -> u32 {
 /// Runs the benchmark and prints the table.
 pub fn run(a: BatchedBenchArgs) -> Result<()> {
     if a.repetitions == 0 {
-        bail!("--repetitions must be at least 1");
+        usage!("--repetitions must be at least 1");
     }
     if [&a.npp, &a.ntg, &a.npl].iter().any(|v| v.contains(&0)) {
-        bail!("-npp, -ntg and -npl values must be at least 1");
+        usage!("-npp, -ntg and -npl values must be at least 1");
     }
     let path = match &a.model {
         Some(p) => p.clone(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
 use llama2::model::{KvPool, SeqChunk, Workspace};
 use llama2::{sampling, Llama};
@@ -128,7 +128,7 @@ fn stddev(v: &[f64]) -> f64 {
 /// Runs the benchmark and prints the table.
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.repetitions == 0 {
-        bail!("--repetitions must be at least 1");
+        usage!("--repetitions must be at least 1");
     }
     let path = match &a.model {
         Some(p) => p.clone(),

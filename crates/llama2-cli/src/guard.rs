@@ -41,19 +41,7 @@ fn parse_format(s: &str) -> Result<GuardFormat, String> {
 }
 
 fn read_categories(path: &PathBuf) -> Result<Vec<Category>> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .map_err(|e| llama2::Error::Io {
-            path: path.clone(),
-            source: e,
-        })?
-        .take(MAX_CATEGORIES_FILE + 1)
-        .read_to_string(&mut text)
-        .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
-    if text.len() as u64 > MAX_CATEGORIES_FILE {
-        anyhow::bail!("{}: larger than 1 MiB", path.display());
-    }
+    let text = crate::read_input_file(path, MAX_CATEGORIES_FILE)?;
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
     let cats: Vec<Category> = match value {
@@ -77,7 +65,7 @@ fn read_categories(path: &PathBuf) -> Result<Vec<Category>> {
         })?,
     };
     if cats.is_empty() || cats.len() > 64 {
-        anyhow::bail!(
+        usage!(
             "{}: between 1 and 64 categories, got {}",
             path.display(),
             cats.len()

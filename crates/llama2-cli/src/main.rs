@@ -4,15 +4,23 @@
 //! Exit codes: 0 success, 2 bad input or usage (including clap's own errors),
 //! 3 a model or tokenizer file that cannot be loaded, 1 anything else.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use llama2::{Dialog, GenerationOptions, Llama, Message, Role, TemplateChoice, Tokenizer};
+
+/// Returns a usage or input error (exit code 2) from the enclosing function, as
+/// `anyhow::bail!` does.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::Usage(format!($($arg)*))))
+    };
+}
 
 mod batched_bench;
 mod bench;
@@ -274,11 +282,23 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(exit_code(&e))
         }
     }
 }
+
+/// A usage or input error of the command line (exit code 2); see [`usage!`].
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
 
 fn exit_code(e: &anyhow::Error) -> u8 {
     use llama2::Error::*;
@@ -286,8 +306,46 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Some(Io { .. } | Checkpoint { .. } | Config(_) | Tokenizer(_) | Shape { .. }) => 3,
         Some(_) => 2,
         None if e.downcast_ref::<serde_json::Error>().is_some() => 2,
+        None if e.downcast_ref::<Usage>().is_some() => 2,
         None => 1,
     }
+}
+
+/// The error and its causes on one line, each cause once (an I/O error's message often
+/// already holds its source's text).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Most bytes of a `--dialogs` file.
+const MAX_DIALOGS_FILE: u64 = 64 << 20;
+
+/// Most bytes of one line of standard input in an interactive chat.
+const MAX_INPUT_LINE: u64 = 1 << 20;
+
+/// Reads a text file the user named, up to `limit` bytes; errors are input errors.
+fn read_input_file(path: &std::path::Path, limit: u64) -> Result<String> {
+    let file = std::fs::File::open(path).map_err(|e| Usage(format!("{}: {e}", path.display())))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Usage(format!("{}: {e}", path.display())))?;
+    if bytes.len() as u64 > limit {
+        usage!("{}: larger than {} MiB", path.display(), limit >> 20);
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| Usage(format!("{}: not UTF-8 text", path.display())).into())
 }
 
 impl SamplingArgs {
@@ -389,10 +447,7 @@ fn complete(a: CompleteArgs) -> Result<()> {
 
 fn chat(a: ChatArgs) -> Result<()> {
     let dialogs: Vec<Dialog> = if let Some(path) = &a.dialogs {
-        let text = std::fs::read_to_string(path).map_err(|e| llama2::Error::Io {
-            path: path.clone(),
-            source: e,
-        })?;
+        let text = read_input_file(path, MAX_DIALOGS_FILE)?;
         serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid dialog JSON", path.display()))?
     } else if let Some(msg) = &a.message {
@@ -485,7 +540,7 @@ fn chat_guarded(
 
 fn interactive(a: ChatArgs) -> Result<()> {
     if a.sampling.json {
-        bail!("--json needs --dialogs or a MESSAGE");
+        usage!("--json needs --dialogs or a MESSAGE");
     }
     let llama = load(&a.model, 1)?;
     let opts = a.sampling.options(&llama);
@@ -495,16 +550,33 @@ fn interactive(a: ChatArgs) -> Result<()> {
         dialog.push(Message::new(Role::System, s.clone()));
     }
     let tty = std::io::stdin().is_terminal();
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    let mut stdin = std::io::stdin().lock();
     let mut out = std::io::stdout();
+    let mut buf = Vec::new();
     loop {
         if tty {
             print!("you> ");
             out.flush()?;
         }
-        let Some(line) = lines.next() else { break };
-        let line = line.context("reading standard input")?;
+        // One line of at most MAX_INPUT_LINE bytes: `/dev/zero` is no endless line.
+        buf.clear();
+        let n = (&mut stdin)
+            .take(MAX_INPUT_LINE + 1)
+            .read_until(b'\n', &mut buf)
+            .context("reading standard input")?;
+        if n == 0 {
+            break;
+        }
+        if buf.len() as u64 > MAX_INPUT_LINE {
+            usage!(
+                "a line of standard input is longer than {} MiB",
+                MAX_INPUT_LINE >> 20
+            );
+        }
+        let Ok(line) = String::from_utf8(std::mem::take(&mut buf)) else {
+            usage!("standard input is not UTF-8 text");
+        };
+        let line = line.trim_end_matches(['\n', '\r']).to_string();
         if line.trim().is_empty() {
             continue;
         }
@@ -588,7 +660,7 @@ fn convert(a: ConvertArgs) -> Result<()> {
             let model = llama2::load_model(model, a.tokenizer.as_deref())?;
             llama2::convert::convert_to_gguf(&model, &a.out, dtype)?;
         }
-        _ => bail!("give --model, or --random with --tokenizer"),
+        _ => usage!("give --model, or --random with --tokenizer"),
     }
     let size = std::fs::metadata(&a.out).map_or(0, |m| m.len());
     eprintln!(

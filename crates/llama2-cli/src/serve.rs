@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use llama2_server::ServerConfig;
 
@@ -70,10 +70,10 @@ pub struct ServeArgs {
 
 pub fn run(a: ServeArgs) -> Result<()> {
     if a.parallel == 0 {
-        bail!("--parallel must be at least 1");
+        usage!("--parallel must be at least 1");
     }
     if a.step_tokens == 0 {
-        bail!("--step-tokens must be at least 1");
+        usage!("--step-tokens must be at least 1");
     }
     let api_key = match (&a.api_key, &a.api_key_file) {
         (Some(k), _) => Some(k.clone()),
@@ -85,21 +85,21 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 .with_context(|| format!("reading the API key from {}", f.display()))?;
             let key = text.lines().next().unwrap_or("").trim().to_string();
             if key.is_empty() {
-                bail!("{} holds no API key", f.display());
+                usage!("{} holds no API key", f.display());
             }
             Some(key)
         }
         (None, None) => None,
     };
     if api_key.as_deref().is_some_and(str::is_empty) {
-        bail!("--api-key is empty");
+        usage!("--api-key is empty");
     }
     // A key travels in an HTTP header: visible ASCII only, or no client could send it.
     if api_key
         .as_deref()
         .is_some_and(|k| !k.bytes().all(|b| b.is_ascii_graphic()))
     {
-        bail!("the API key must be visible ASCII characters (no spaces or control bytes)");
+        usage!("the API key must be visible ASCII characters (no spaces or control bytes)");
     }
     let model_path = match &a.model {
         Some(p) => p.clone(),

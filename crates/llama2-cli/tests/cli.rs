@@ -362,3 +362,29 @@ fn inspect_reports_architecture_and_format() {
         "/nonexistent/model",
     );
 }
+
+#[test]
+fn input_files_and_lines_are_read_with_limits() {
+    // A missing dialog file is bad input (2), its cause said once.
+    let out = with_model("chat", &["--dialogs", "/nonexistent/dialogs.json"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_fails(out, 2, "/nonexistent/dialogs.json");
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+    // /dev/zero is not read to the end.
+    assert_fails(
+        with_model("chat", &["--dialogs", "/dev/zero"]),
+        2,
+        "larger than 64 MiB",
+    );
+    // Nor is an endless line of standard input.
+    let (m, t) = (model(), tokenizer());
+    let out = Command::new(env!("CARGO_BIN_EXE_llama2"))
+        .args(["chat", "--ckpt-dir", m.to_str().unwrap(), "--tokenizer"])
+        .arg(&t)
+        .stdin(std::fs::File::open("/dev/zero").unwrap())
+        .output()
+        .unwrap();
+    assert_fails(out, 2, "longer than 1 MiB");
+    // Usage errors are 2, not 1.
+    assert_fails(with_model("chat", &["--json"]), 2, "--json needs");
+}
