@@ -1,6 +1,6 @@
 //! `--guard`: a Llama Guard classifier around `chat` and `serve`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -40,7 +40,7 @@ fn parse_format(s: &str) -> Result<GuardFormat, String> {
         .ok_or_else(|| format!("unknown guard format {s:?} (lg1, lg2, lg3, lg3-1b)"))
 }
 
-fn read_categories(path: &PathBuf) -> Result<Vec<Category>> {
+fn read_categories(path: &Path) -> Result<Vec<Category>> {
     let text = crate::read_input_file(path, MAX_CATEGORIES_FILE)?;
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
@@ -83,7 +83,7 @@ impl GuardArgs {
         let categories = self
             .guard_categories
             .as_ref()
-            .map(read_categories)
+            .map(|p| read_categories(p))
             .transpose()?;
         Ok(Some((
             path.clone(),
