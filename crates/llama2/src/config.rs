@@ -258,6 +258,22 @@ impl ModelArgs {
         Ok(())
     }
 
+    /// Checks the layer count against the tensors a file holds (9 per layer, plus the
+    /// embedding and the final norm) before anything is sized by it: a file whose
+    /// metadata claims 2^60 layers is an error here, not an allocation. `key` names
+    /// where the count came from.
+    pub fn check_layers(&self, tensors_in_file: usize, key: &str) -> Result<()> {
+        let needed = self.n_layers.checked_mul(9).and_then(|n| n.checked_add(2));
+        match needed {
+            Some(n) if n <= tensors_in_file => Ok(()),
+            _ => Err(Error::Config(format!(
+                "{key} is {} but the file holds {tensors_in_file} tensors: {} layers need \
+                 9 each",
+                self.n_layers, self.n_layers
+            ))),
+        }
+    }
+
     /// The scaling as one divisor per rotary frequency (GGUF's `rope_freqs.weight`, as
     /// llama.cpp's converter writes it); `None` without scaling.
     pub fn rope_freq_factors(&self) -> Option<Vec<f32>> {

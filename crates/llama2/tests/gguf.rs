@@ -498,6 +498,21 @@ fn unsupported_models_are_named_in_errors() {
             "belongs to layer 1",
         ),
         (
+            // 2^60 layers: refused against the tensors in the file, nothing reserved.
+            rewrite(
+                &src,
+                |k, v| {
+                    Some(if k == "llama.block_count" {
+                        GgufValue::U64(1 << 60)
+                    } else {
+                        v.clone()
+                    })
+                },
+                |_| true,
+            ),
+            "llama.block_count is 1152921504606846976 but the file holds",
+        ),
+        (
             rewrite(&src, |_, v| Some(v.clone()), |n| n != "token_embd.weight"),
             "token_embd.weight",
         ),

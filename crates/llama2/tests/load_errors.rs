@@ -73,3 +73,37 @@ fn build_limits_are_checked() {
         .unwrap_err();
     assert!(matches!(err, llama2::Error::InvalidArgument(_)), "{err:?}");
 }
+
+#[test]
+fn layer_counts_are_checked_against_the_tensors_before_anything_is_sized() {
+    // params.json and config.json claiming a billion layers: an error naming the key,
+    // in milliseconds, not gigabytes of names or blocks.
+    let tmp = std::env::temp_dir().join(format!("llama2-layers-{}", std::process::id()));
+    for (format, file, key) in [
+        ("meta", "params.json", "n_layers"),
+        ("hf", "config.json", "num_hidden_layers"),
+    ] {
+        let src = common::model_dir("tiny-gqa").join(format);
+        let dst = tmp.join(format);
+        std::fs::create_dir_all(&dst).unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join(file)).unwrap()).unwrap();
+        cfg[key] = serde_json::json!(1_000_000_000u64);
+        std::fs::write(dst.join(file), cfg.to_string()).unwrap();
+        let started = std::time::Instant::now();
+        let err = llama2::load_model(&dst, Some(&common::tokenizer_path()))
+            .err()
+            .unwrap_or_else(|| panic!("{format}: loaded"))
+            .to_string();
+        assert!(
+            err.contains(key) && err.contains("1000000000"),
+            "{format}: {err}"
+        );
+        assert!(started.elapsed().as_secs() < 5, "{format}: slow");
+    }
+    std::fs::remove_dir_all(&tmp).ok();
+}

@@ -308,6 +308,8 @@ pub fn load_hf_folder(dir: &Path) -> Result<HfModel> {
     for f in shard_files(dir)? {
         load_safetensors(&f, &mut hf)?;
     }
+    args.check_layers(hf.len(), "num_hidden_layers")
+        .map_err(|e| Error::checkpoint(&cfg_path, e.to_string()))?;
     let missing = |n: &str| Error::checkpoint(dir, format!("tensor '{n}' is missing"));
     let mut names: Vec<(String, String)> = vec![
         (
