@@ -262,15 +262,19 @@ impl ModelArgs {
     /// embedding and the final norm) before anything is sized by it: a file whose
     /// metadata claims 2^60 layers is an error here, not an allocation. `key` names
     /// where the count came from.
-    pub fn check_layers(&self, tensors_in_file: usize, key: &str) -> Result<()> {
+    pub fn check_layers(
+        &self,
+        tensors_in_file: usize,
+        key: &str,
+    ) -> std::result::Result<(), String> {
         let needed = self.n_layers.checked_mul(9).and_then(|n| n.checked_add(2));
         match needed {
             Some(n) if n <= tensors_in_file => Ok(()),
-            _ => Err(Error::Config(format!(
+            _ => Err(format!(
                 "{key} is {} but the file holds {tensors_in_file} tensors: {} layers need \
                  9 each",
                 self.n_layers, self.n_layers
-            ))),
+            )),
         }
     }
 

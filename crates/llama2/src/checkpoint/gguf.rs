@@ -1130,7 +1130,7 @@ pub fn gguf_model_weights(file: &GgufFile, path: &Path) -> Result<ModelWeights> 
         ..ModelArgs::default()
     };
     args.check_layers(file.tensor_infos().len(), "llama.block_count")
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(bad)?;
     args.validate()
         .map_err(|e| bad(format!("{}: {e}", "inconsistent llama.* metadata")))?;
     let head_dim = args.head_dim();

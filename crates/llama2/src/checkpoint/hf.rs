@@ -309,7 +309,7 @@ pub fn load_hf_folder(dir: &Path) -> Result<HfModel> {
         load_safetensors(&f, &mut hf)?;
     }
     args.check_layers(hf.len(), "num_hidden_layers")
-        .map_err(|e| Error::checkpoint(&cfg_path, e.to_string()))?;
+        .map_err(|m| Error::checkpoint(&cfg_path, m))?;
     let missing = |n: &str| Error::checkpoint(dir, format!("tensor '{n}' is missing"));
     let mut names: Vec<(String, String)> = vec![
         (

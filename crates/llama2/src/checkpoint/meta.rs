@@ -302,7 +302,7 @@ fn validate(dir: &Path, args: &ModelArgs, tensors: &HashMap<String, Tensor>) -> 
         }
     };
     args.check_layers(tensors.len(), "params.json n_layers")
-        .map_err(|e| Error::checkpoint(dir, e.to_string()))?;
+        .map_err(|m| Error::checkpoint(dir, m))?;
     let dim = args.dim;
     let hd = args.head_dim();
     let q = args.n_heads * hd;

@@ -68,14 +68,60 @@ pub fn load_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let pkl = read_entry(&mut zip, &pkl_name, MAX_PICKLE_BYTES).map_err(bad)?;
     let refs = parse_state_dict(&pkl).map_err(|e| bad(format!("{pkl_name}: {e}")))?;
 
+    // The bytes of each record its tensors read: a compressed record is inflated only
+    // that far.
+    let mut needed: HashMap<&str, u64> = HashMap::new();
+    for (name, r) in &refs {
+        let end = (|| {
+            let numel = r.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+            r.offset.checked_add(numel)?.checked_mul(r.dtype.size())
+        })()
+        .ok_or_else(|| bad(format!("tensor '{name}': its size overflows")))?;
+        let e = needed.entry(r.storage_key.as_str()).or_default();
+        *e = (*e).max(end as u64);
+    }
+    let needed: HashMap<String, u64> = needed
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     let mut records: HashMap<String, Record> = HashMap::new();
+    let mut stored: Vec<(usize, usize, String)> = Vec::new();
+    let mut inflated = 0u64;
     let mut out = Vec::with_capacity(refs.len());
     for (name, r) in refs {
         let record = match records.get(&r.storage_key) {
             Some(rec) => rec.clone(),
             None => {
-                let rec = find_record(&mut zip, &top, &r.storage_key, map.len())
+                let want = needed.get(&r.storage_key).copied().unwrap_or(0);
+                let rec = find_record(&mut zip, &top, &r.storage_key, &map[..], want)
                     .map_err(|m| bad(format!("tensor '{name}': {m}")))?;
+                match &rec {
+                    // Two records sharing bytes: a central directory pointing one entry
+                    // at another's data.
+                    Record::Mapped { offset, len } => {
+                        let end = offset + len;
+                        if let Some((_, _, other)) =
+                            stored.iter().find(|(s, e, _)| *offset < *e && *s < end)
+                        {
+                            return Err(bad(format!(
+                                "storage records {} and {} overlap in the archive",
+                                r.storage_key.escape_debug(),
+                                other.escape_debug()
+                            )));
+                        }
+                        stored.push((*offset, end, r.storage_key.clone()));
+                    }
+                    Record::Owned(v) => {
+                        inflated += v.len() as u64;
+                        if inflated > MAX_INFLATED_BYTES {
+                            return Err(bad(format!(
+                                "compressed records inflate to more than {} MiB \
+                                 (torch.save stores records uncompressed)",
+                                MAX_INFLATED_BYTES >> 20
+                            )));
+                        }
+                    }
+                }
                 records.insert(r.storage_key.clone(), rec.clone());
                 rec
             }
@@ -169,13 +215,21 @@ fn read_entry<R: Read + std::io::Seek>(
     Ok(buf)
 }
 
-/// Locates the storage record `<top>/data/<key>`.
+/// Most bytes compressed records of one file may inflate to: torch.save stores records
+/// uncompressed, so compressed ones are unusual and a deflated run of zeros (a 4 MB
+/// file claiming gigabytes) must not become resident memory.
+const MAX_INFLATED_BYTES: u64 = 1 << 30;
+
+/// Locates the storage record `<top>/data/<key>`, of which the tensors read `needed`
+/// bytes. A stored record's local header must agree with the central directory.
 fn find_record<R: Read + std::io::Seek>(
     zip: &mut ZipArchive<R>,
     top: &str,
     key: &str,
-    map_len: usize,
+    bytes: &[u8],
+    needed: u64,
 ) -> Result<Record, String> {
+    let map_len = bytes.len();
     let name = format!("{top}/data/{key}");
     let index = zip.index_for_name(&name).ok_or_else(|| {
         format!(
@@ -191,6 +245,30 @@ fn find_record<R: Read + std::io::Seek>(
     }
     let size = entry.size();
     let len = usize::try_from(size).map_err(|_| format!("{name} is too large"))?;
+    // The local header must name the same entry with the same method as the central
+    // directory (a crafted directory could point one name at another's data).
+    let local = usize::try_from(entry.header_start())
+        .ok()
+        .and_then(|h| bytes.get(h..h.checked_add(30)?).map(|hdr| (h, hdr)));
+    let Some((h, hdr)) = local else {
+        return Err(format!("{name}: its local header lies outside the file"));
+    };
+    let u16_at = |i: usize| u16::from_le_bytes([hdr[i], hdr[i + 1]]);
+    let name_len = usize::from(u16_at(26));
+    let local_name = bytes.get(h + 30..h + 30 + name_len);
+    let method = match entry.compression() {
+        CompressionMethod::Stored => Some(0),
+        CompressionMethod::Deflated => Some(8),
+        _ => None,
+    };
+    if hdr[..4] != *b"PK\x03\x04"
+        || local_name != Some(name.as_bytes())
+        || method.is_some_and(|m| u16_at(8) != m)
+    {
+        return Err(format!(
+            "{name}: the local header does not match the central directory"
+        ));
+    }
     if entry.compression() == CompressionMethod::Stored {
         let start = entry
             .data_start()
@@ -202,14 +280,26 @@ fn find_record<R: Read + std::io::Seek>(
         let offset = usize::try_from(start).map_err(|_| format!("{name} is too large"))?;
         return Ok(Record::Mapped { offset, len });
     }
-    // Compressed records (not written by torch.save, but valid zips) are inflated, bounded
-    // by the declared size so a bomb cannot exhaust memory.
+    // Compressed records (not written by torch.save, but valid zips) are inflated only as
+    // far as their tensors read, and never beyond the declared size.
+    if needed > size {
+        return Err(format!(
+            "{name} holds {size} bytes but its tensors read {needed}"
+        ));
+    }
+    if needed > MAX_INFLATED_BYTES {
+        return Err(format!(
+            "{name} would inflate to {needed} bytes, more than the {} MiB allowed for \
+             compressed records",
+            MAX_INFLATED_BYTES >> 20
+        ));
+    }
     let mut buf = Vec::new();
     entry
-        .take(size)
+        .take(needed)
         .read_to_end(&mut buf)
         .map_err(|e| format!("cannot read {name}: {e}"))?;
-    if buf.len() != len {
+    if buf.len() as u64 != needed {
         return Err(format!("{name} is shorter than its declared {size} bytes"));
     }
     Ok(Record::Owned(Arc::new(buf)))
@@ -272,6 +362,25 @@ mod tests {
             shape: shape.to_vec(),
             stride: stride.to_vec(),
         }
+    }
+
+    #[test]
+    fn a_compressed_record_inflates_only_what_is_read() {
+        use std::io::Write;
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(CompressionMethod::Deflated);
+        w.start_file("m/data/0", opts).unwrap();
+        w.write_all(&vec![0u8; 64 << 20]).unwrap();
+        let bytes = w.finish().unwrap().into_inner();
+        assert!(bytes.len() < 1 << 20);
+        let mut zip = ZipArchive::new(std::io::Cursor::new(&bytes[..])).unwrap();
+        match find_record(&mut zip, "m", "0", &bytes, 4096).unwrap() {
+            Record::Owned(v) => assert_eq!(v.len(), 4096),
+            Record::Mapped { .. } => panic!("a deflated record is not mapped"),
+        }
+        // Tensors reading past the declared size, or an implausible amount: errors.
+        assert!(find_record(&mut zip, "m", "0", &bytes, (64 << 20) + 1).is_err());
     }
 
     #[test]

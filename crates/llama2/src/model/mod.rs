@@ -100,7 +100,8 @@ impl Transformer {
         vocab_size: usize,
         tensors: &mut HashMap<String, Tensor>,
     ) -> Result<Self> {
-        args.check_layers(tensors.len(), "n_layers")?;
+        args.check_layers(tensors.len(), "n_layers")
+            .map_err(Error::Config)?;
         let dim = args.dim;
         let hd = args.head_dim();
         let q_dim = args.n_heads * hd;
