@@ -190,7 +190,7 @@ fn load_gguf(path: &Path, tokenizer: Option<&Path>) -> Result<LoadedModel> {
         weights,
         tokenizer,
         chat_template: file.get_str("tokenizer.chat_template")?.map(str::to_string),
-        context_length: file.context_length(),
+        context_length: file.context_length()?,
         generation,
         name: file.get_str("general.name")?.map(str::to_string),
     })

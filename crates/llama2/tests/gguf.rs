@@ -171,7 +171,7 @@ fn fixture_metadata_in_file_order() {
         assert!(checkpoint_err(f.get_u32("general.name")).contains("general.name"));
         assert!(f.get_str("llama.block_count").is_err());
         assert!(f.get_f64("llama.block_count").is_err());
-        assert_eq!(f.context_length(), Some(256));
+        assert_eq!(f.context_length().unwrap(), Some(256));
     }
 }
 
@@ -835,4 +835,25 @@ fn quant_reference_vectors() {
             }
         }
     }
+}
+
+#[test]
+fn wrong_typed_context_length_is_an_error_naming_the_key() {
+    let src = GgufFile::open(&gguf_path("tiny-gqa", "q8_0")).unwrap();
+    let bytes = rewrite(
+        &src,
+        |k, v| {
+            Some(if k == "llama.context_length" {
+                GgufValue::String("4096".into())
+            } else {
+                v.clone()
+            })
+        },
+        |_| true,
+    );
+    let path = std::env::temp_dir().join(format!("ctx-type-{}.gguf", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    let e = llama2::load_model(&path, None).err().expect("refused");
+    std::fs::remove_file(&path).ok();
+    assert!(e.to_string().contains("llama.context_length"), "{e}");
 }

@@ -530,10 +530,13 @@ impl GgufFile {
         self.get_str("general.architecture")
     }
 
-    /// `<architecture>.context_length`: the context the model was trained with.
-    pub fn context_length(&self) -> Option<usize> {
-        let arch = self.architecture().ok()??;
-        self.get_usize(&format!("{arch}.context_length")).ok()?
+    /// `<architecture>.context_length`: the context the model was trained with; a value
+    /// of the wrong type is an error, not a silent default.
+    pub fn context_length(&self) -> Result<Option<usize>> {
+        let Some(arch) = self.architecture()? else {
+            return Ok(None);
+        };
+        self.get_usize(&format!("{arch}.context_length"))
     }
 
     /// The tensor-info table, in file order.
