@@ -286,6 +286,13 @@ pub async fn chat_completions(
     // Templates and tokenizers may take a while on a long conversation: off the runtime.
     let l = Arc::clone(&llama);
     let prompt = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, ApiError> {
+        // Text that cannot fit whatever its tokens is refused before it is tokenized.
+        let bytes = dialog.iter().map(|m| m.content.len()).sum();
+        l.check_text_fits(0, bytes).map_err(|e| {
+            ApiError::from(e)
+                .with_param("messages")
+                .with_code("context_length_exceeded")
+        })?;
         let template = l.chat_template();
         if template.is_refused(&dialog) {
             return Err(

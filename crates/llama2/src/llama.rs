@@ -243,6 +243,9 @@ pub struct Llama {
     defaults: GenerationOptions,
     /// Seed of the next call without one (a Weyl sequence from the builder's seed).
     next_seed: AtomicU64,
+    /// [`Tokenizer::max_token_bytes`], for refusing texts too long to fit before
+    /// tokenizing them.
+    max_token_bytes: usize,
     stats: Mutex<GenerationStats>,
 }
 
@@ -439,6 +442,7 @@ impl Llama {
         };
         // Weights are rearranged for the kernels here rather than in the first request.
         engine.exclusive(|model, pool| model.prepare(pool))?;
+        let max_token_bytes = engine.tokenizer().max_token_bytes();
         Ok(Llama {
             engine,
             max_seq_len: s.max_seq_len,
@@ -447,6 +451,7 @@ impl Llama {
             eos_ids: s.eos_ids,
             defaults: GenerationOptions::default(),
             next_seed: AtomicU64::new(s.seed),
+            max_token_bytes,
             stats: Mutex::new(GenerationStats::default()),
         })
     }
@@ -791,8 +796,12 @@ impl Llama {
     ) -> Result<Vec<CompletionPrediction>> {
         let tokens: Vec<Vec<u32>> = prompts
             .iter()
-            .map(|p| self.tokenizer().encode(p.as_ref(), true, false))
-            .collect();
+            .enumerate()
+            .map(|(i, p)| {
+                self.check_text_fits(i, p.as_ref().len())?;
+                Ok(self.tokenizer().encode(p.as_ref(), true, false))
+            })
+            .collect::<Result<_>>()?;
         let outs = self.generate_with(&tokens, opts, on_token)?;
         outs.into_iter()
             .map(|o| self.completion_prediction(o))
@@ -821,11 +830,28 @@ impl Llama {
         }
         dialogs
             .iter()
-            .map(|d| {
+            .enumerate()
+            .map(|(i, d)| {
+                self.check_text_fits(i, d.iter().map(|m| m.content.len()).sum())?;
                 let ids = self.template.encode(self.tokenizer(), d)?;
                 Ok((!self.template.is_refused(d)).then_some(ids))
             })
             .collect()
+    }
+
+    /// Refuses text of `bytes` bytes that cannot fit in the context whatever its
+    /// tokens ([`Error::PromptTooLong`], with the fewest tokens it could take), before
+    /// it is tokenized: a 10 MB message costs a length check, not seconds and
+    /// gigabytes.
+    pub fn check_text_fits(&self, index: usize, bytes: usize) -> Result<()> {
+        if bytes > self.max_seq_len.saturating_mul(self.max_token_bytes) {
+            return Err(Error::PromptTooLong {
+                index,
+                len: bytes.div_ceil(self.max_token_bytes),
+                max_seq_len: self.max_seq_len,
+            });
+        }
+        Ok(())
     }
 
     /// The reference's `chat_completion`. A dialog with special tags gets the error
@@ -896,6 +922,7 @@ impl Llama {
         opts: &GenerationOptions,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<CompletionPrediction> {
+        self.check_text_fits(0, prompt.len())?;
         let tokens = vec![self.tokenizer().encode(prompt, true, false)];
         let stops = self.eos_ids.clone();
         let o = self.stream_row(&tokens, opts, &stops, false, on_text)?;

@@ -179,6 +179,18 @@ impl Tokenizer {
         }
     }
 
+    /// Most bytes of text one token can stand for (an upper bound: the longest stored
+    /// piece), so a text of more than `n * max_token_bytes()` bytes cannot fit in `n`
+    /// tokens and need not be tokenized to know it.
+    pub fn max_token_bytes(&self) -> usize {
+        (0..self.n_words() as u32)
+            .filter_map(|id| self.id_to_piece(id))
+            .map(str::len)
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
+
     /// Number of tokens in the vocabulary (Meta's `n_words`).
     pub fn n_words(&self) -> usize {
         match self {
