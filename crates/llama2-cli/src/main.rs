@@ -317,7 +317,8 @@ fn one_line(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if out.contains(&text) {
+        // An I/O error's message ends with its source's text: say it once.
+        if out.ends_with(&text) {
             continue;
         }
         if !out.is_empty() {
@@ -335,14 +336,19 @@ const MAX_DIALOGS_FILE: u64 = 64 << 20;
 const MAX_INPUT_LINE: u64 = 1 << 20;
 
 /// Reads a text file the user named, up to `limit` bytes; errors are input errors.
-fn read_input_file(path: &std::path::Path, limit: u64) -> Result<String> {
+pub(crate) fn read_input_file(path: &std::path::Path, limit: u64) -> Result<String> {
     let file = std::fs::File::open(path).map_err(|e| Usage(format!("{}: {e}", path.display())))?;
     let mut bytes = Vec::new();
     file.take(limit + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| Usage(format!("{}: {e}", path.display())))?;
     if bytes.len() as u64 > limit {
-        usage!("{}: larger than {} MiB", path.display(), limit >> 20);
+        let size = if limit >= 1 << 20 {
+            format!("{} MiB", limit >> 20)
+        } else {
+            format!("{limit} bytes")
+        };
+        usage!("{}: larger than {size}", path.display());
     }
     String::from_utf8(bytes)
         .map_err(|_| Usage(format!("{}: not UTF-8 text", path.display())).into())
@@ -561,13 +567,13 @@ fn interactive(a: ChatArgs) -> Result<()> {
         // One line of at most MAX_INPUT_LINE bytes: `/dev/zero` is no endless line.
         buf.clear();
         let n = (&mut stdin)
-            .take(MAX_INPUT_LINE + 1)
+            .take(MAX_INPUT_LINE + 2)
             .read_until(b'\n', &mut buf)
             .context("reading standard input")?;
         if n == 0 {
             break;
         }
-        if buf.len() as u64 > MAX_INPUT_LINE {
+        if buf.strip_suffix(b"\n").unwrap_or(&buf).len() as u64 > MAX_INPUT_LINE {
             usage!(
                 "a line of standard input is longer than {} MiB",
                 MAX_INPUT_LINE >> 20

@@ -1,6 +1,5 @@
 //! `llama2 serve`: flags, then the server of `llama2-server` on a tokio runtime.
 
-use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,11 +77,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let api_key = match (&a.api_key, &a.api_key_file) {
         (Some(k), _) => Some(k.clone()),
         (None, Some(f)) => {
-            // A key file is a line: read at most 4 KiB (`/dev/zero` is not read forever).
-            let mut text = String::new();
-            std::fs::File::open(f)
-                .and_then(|file| file.take(4096).read_to_string(&mut text))
-                .with_context(|| format!("reading the API key from {}", f.display()))?;
+            // A key file is a line: at most 4 KiB (`/dev/zero` is not read forever).
+            let text = crate::read_input_file(f, 4096)?;
             let key = text.lines().next().unwrap_or("").trim().to_string();
             if key.is_empty() {
                 usage!("{} holds no API key", f.display());

@@ -287,7 +287,10 @@ pub async fn chat_completions(
     let l = Arc::clone(&llama);
     let prompt = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, ApiError> {
         // Text that cannot fit whatever its tokens is refused before it is tokenized.
-        let bytes = dialog.iter().map(|m| m.content.len()).sum();
+        let bytes = dialog
+            .iter()
+            .map(|m| llama2::chat::python_strip(&m.content).len())
+            .sum();
         l.check_text_fits(0, bytes).map_err(|e| {
             ApiError::from(e)
                 .with_param("messages")
@@ -793,11 +796,20 @@ pub async fn completions(
     let l = Arc::clone(&llama);
     let prompts = tokio::task::spawn_blocking(move || -> Result<Vec<Prompt>, ApiError> {
         let tok = l.tokenizer();
-        let texts = |v: Vec<String>| -> Vec<Prompt> {
+        let texts = |v: Vec<String>| -> Result<Vec<Prompt>, ApiError> {
             v.into_iter()
-                .map(|t| Prompt {
-                    ids: tok.encode(&t, tok.add_bos(), false),
-                    text: t,
+                .enumerate()
+                .map(|(i, t)| {
+                    // Text that cannot fit whatever its tokens: refused untokenized.
+                    l.check_text_fits(i, t.len()).map_err(|e| {
+                        ApiError::from(e)
+                            .with_param("prompt")
+                            .with_code("context_length_exceeded")
+                    })?;
+                    Ok(Prompt {
+                        ids: tok.encode(&t, tok.add_bos(), false),
+                        text: t,
+                    })
                 })
                 .collect()
         };
@@ -810,8 +822,8 @@ pub async fn completions(
                 .collect()
         };
         match req.prompt {
-            PromptField::Text(t) => Ok(texts(vec![t])),
-            PromptField::Texts(v) => Ok(texts(v)),
+            PromptField::Text(t) => texts(vec![t]),
+            PromptField::Texts(v) => texts(v),
             PromptField::Ids(v) => ids(vec![v]),
             PromptField::IdLists(v) => ids(v),
         }

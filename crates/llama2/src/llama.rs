@@ -245,7 +245,7 @@ pub struct Llama {
     next_seed: AtomicU64,
     /// [`Tokenizer::max_token_bytes`], for refusing texts too long to fit before
     /// tokenizing them.
-    max_token_bytes: usize,
+    max_token_bytes: Option<usize>,
     stats: Mutex<GenerationStats>,
 }
 
@@ -832,9 +832,16 @@ impl Llama {
             .iter()
             .enumerate()
             .map(|(i, d)| {
-                self.check_text_fits(i, d.iter().map(|m| m.content.len()).sum())?;
-                let ids = self.template.encode(self.tokenizer(), d)?;
-                Ok((!self.template.is_refused(d)).then_some(ids))
+                if self.template.is_refused(d) {
+                    // Answered with the refusal text: its role order still checked.
+                    chat::validate(d)?;
+                    return Ok(None);
+                }
+                self.check_text_fits(i, Self::dialog_bytes(d))?;
+                self.template
+                    .encode(self.tokenizer(), d)
+                    .map(Some)
+                    .map_err(Into::into)
             })
             .collect()
     }
@@ -844,14 +851,22 @@ impl Llama {
     /// it is tokenized: a 10 MB message costs a length check, not seconds and
     /// gigabytes.
     pub fn check_text_fits(&self, index: usize, bytes: usize) -> Result<()> {
-        if bytes > self.max_seq_len.saturating_mul(self.max_token_bytes) {
+        let Some(per_token) = self.max_token_bytes else {
+            return Ok(()); // no bound: the tokenizer may drop text
+        };
+        if bytes > self.max_seq_len.saturating_mul(per_token) {
             return Err(Error::PromptTooLong {
                 index,
-                len: bytes.div_ceil(self.max_token_bytes),
+                len: bytes.div_ceil(per_token),
                 max_seq_len: self.max_seq_len,
             });
         }
         Ok(())
+    }
+
+    /// The bytes of a dialog's messages as the chat formats use them (stripped).
+    fn dialog_bytes(d: &Dialog) -> usize {
+        d.iter().map(|m| chat::python_strip(&m.content).len()).sum()
     }
 
     /// The reference's `chat_completion`. A dialog with special tags gets the error

@@ -119,7 +119,12 @@ fn text_that_cannot_fit_is_refused_before_it_is_tokenized() {
     let huge = "a".repeat(10 << 20);
     // The error carries the fewest tokens the bytes could take, not a count from
     // tokenizing them: the text was refused on its length in bytes.
-    let fewest = huge.len().div_ceil(llama.tokenizer().max_token_bytes());
+    let fewest = huge.len().div_ceil(
+        llama
+            .tokenizer()
+            .max_token_bytes()
+            .expect("Llama 2 keeps every byte"),
+    );
     let dialog = vec![llama2::Message::new(llama2::Role::User, huge.clone())];
     let e = llama
         .chat_completion(&[dialog], &llama2::GenerationOptions::default())

@@ -85,6 +85,7 @@ pub fn load_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     let mut records: HashMap<String, Record> = HashMap::new();
+    // Stored records' byte ranges, checked for overlaps once all are known.
     let mut stored: Vec<(usize, usize, String)> = Vec::new();
     let mut inflated = 0u64;
     let mut out = Vec::with_capacity(refs.len());
@@ -93,34 +94,19 @@ pub fn load_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
             Some(rec) => rec.clone(),
             None => {
                 let want = needed.get(&r.storage_key).copied().unwrap_or(0);
-                let rec = find_record(&mut zip, &top, &r.storage_key, &map[..], want)
+                // Never inflate past what the file may inflate to in all.
+                let room = MAX_INFLATED_BYTES - inflated;
+                let rec = find_record(&mut zip, &top, &r.storage_key, &map[..], want, room)
                     .map_err(|m| bad(format!("tensor '{name}': {m}")))?;
                 match &rec {
                     // Two records sharing bytes: a central directory pointing one entry
                     // at another's data.
                     Record::Mapped { offset, len } => {
-                        let end = offset + len;
-                        if let Some((_, _, other)) =
-                            stored.iter().find(|(s, e, _)| *offset < *e && *s < end)
-                        {
-                            return Err(bad(format!(
-                                "storage records {} and {} overlap in the archive",
-                                r.storage_key.escape_debug(),
-                                other.escape_debug()
-                            )));
-                        }
-                        stored.push((*offset, end, r.storage_key.clone()));
-                    }
-                    Record::Owned(v) => {
-                        inflated += v.len() as u64;
-                        if inflated > MAX_INFLATED_BYTES {
-                            return Err(bad(format!(
-                                "compressed records inflate to more than {} MiB \
-                                 (torch.save stores records uncompressed)",
-                                MAX_INFLATED_BYTES >> 20
-                            )));
+                        if *len > 0 {
+                            stored.push((*offset, offset + len, r.storage_key.clone()));
                         }
                     }
+                    Record::Owned(v) => inflated += v.len() as u64,
                 }
                 records.insert(r.storage_key.clone(), rec.clone());
                 rec
@@ -145,6 +131,16 @@ pub fn load_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
                 storage,
             },
         ));
+    }
+    // Two records sharing bytes: a central directory pointing one entry at another's
+    // data.
+    stored.sort_unstable();
+    if let Some(w) = stored.windows(2).find(|w| w[0].1 > w[1].0) {
+        return Err(bad(format!(
+            "storage records {} and {} overlap in the archive",
+            w[0].2.escape_debug(),
+            w[1].2.escape_debug()
+        )));
     }
     Ok(out)
 }
@@ -228,6 +224,7 @@ fn find_record<R: Read + std::io::Seek>(
     key: &str,
     bytes: &[u8],
     needed: u64,
+    inflate_room: u64,
 ) -> Result<Record, String> {
     let map_len = bytes.len();
     let name = format!("{top}/data/{key}");
@@ -255,14 +252,14 @@ fn find_record<R: Read + std::io::Seek>(
     };
     let u16_at = |i: usize| u16::from_le_bytes([hdr[i], hdr[i + 1]]);
     let name_len = usize::from(u16_at(26));
-    let local_name = bytes.get(h + 30..h + 30 + name_len);
+    let local_name = bytes.get(h + 30..(h + 30).saturating_add(name_len));
     let method = match entry.compression() {
         CompressionMethod::Stored => Some(0),
         CompressionMethod::Deflated => Some(8),
         _ => None,
     };
     if hdr[..4] != *b"PK\x03\x04"
-        || local_name != Some(name.as_bytes())
+        || local_name != Some(entry.name_raw())
         || method.is_some_and(|m| u16_at(8) != m)
     {
         return Err(format!(
@@ -287,10 +284,10 @@ fn find_record<R: Read + std::io::Seek>(
             "{name} holds {size} bytes but its tensors read {needed}"
         ));
     }
-    if needed > MAX_INFLATED_BYTES {
+    if needed > inflate_room {
         return Err(format!(
-            "{name} would inflate to {needed} bytes, more than the {} MiB allowed for \
-             compressed records",
+            "{name} would inflate to {needed} bytes: compressed records may inflate to {} \
+             MiB in all (torch.save stores records uncompressed)",
             MAX_INFLATED_BYTES >> 20
         ));
     }
@@ -375,12 +372,21 @@ mod tests {
         let bytes = w.finish().unwrap().into_inner();
         assert!(bytes.len() < 1 << 20);
         let mut zip = ZipArchive::new(std::io::Cursor::new(&bytes[..])).unwrap();
-        match find_record(&mut zip, "m", "0", &bytes, 4096).unwrap() {
+        match find_record(&mut zip, "m", "0", &bytes, 4096, MAX_INFLATED_BYTES).unwrap() {
             Record::Owned(v) => assert_eq!(v.len(), 4096),
             Record::Mapped { .. } => panic!("a deflated record is not mapped"),
         }
         // Tensors reading past the declared size, or an implausible amount: errors.
-        assert!(find_record(&mut zip, "m", "0", &bytes, (64 << 20) + 1).is_err());
+        assert!(find_record(
+            &mut zip,
+            "m",
+            "0",
+            &bytes,
+            (64 << 20) + 1,
+            MAX_INFLATED_BYTES
+        )
+        .is_err());
+        assert!(find_record(&mut zip, "m", "0", &bytes, 4096, 4095).is_err());
     }
 
     #[test]

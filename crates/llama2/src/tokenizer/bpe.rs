@@ -676,6 +676,15 @@ impl BpeTokenizer {
         })
     }
 
+    /// Whether every byte of text is encoded into some token (each of the 256 byte
+    /// symbols is in the vocabulary; llama.cpp drops bytes that are not).
+    pub(crate) fn keeps_every_byte(&self) -> bool {
+        (0..=255u8).all(|b| {
+            self.index
+                .contains_key(byte_to_char(b).to_string().as_str())
+        })
+    }
+
     /// Number of tokens in the vocabulary.
     pub fn n_words(&self) -> usize {
         self.tokens.len()

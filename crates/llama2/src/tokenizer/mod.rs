@@ -179,16 +179,23 @@ impl Tokenizer {
         }
     }
 
-    /// Most bytes of text one token can stand for (an upper bound: the longest stored
-    /// piece), so a text of more than `n * max_token_bytes()` bytes cannot fit in `n`
-    /// tokens and need not be tokenized to know it.
-    pub fn max_token_bytes(&self) -> usize {
-        (0..self.n_words() as u32)
-            .filter_map(|id| self.id_to_piece(id))
-            .map(str::len)
-            .max()
-            .unwrap_or(1)
-            .max(1)
+    /// Most bytes of text one token can stand for (the longest stored piece), so a text
+    /// of more than `n * max_token_bytes()` bytes cannot fit in `n` tokens and need not
+    /// be tokenized to know it. `None` when the tokenizer may drop text (whitespace
+    /// collapsing, no byte fallback, missing byte symbols): then there is no such bound.
+    pub fn max_token_bytes(&self) -> Option<usize> {
+        let keeps = match self {
+            Tokenizer::SentencePiece(t) => t.keeps_every_byte(),
+            Tokenizer::Bpe(t) => t.keeps_every_byte(),
+        };
+        keeps.then(|| {
+            (0..self.n_words() as u32)
+                .filter_map(|id| self.id_to_piece(id))
+                .map(str::len)
+                .max()
+                .unwrap_or(1)
+                .max(1)
+        })
     }
 
     /// Number of tokens in the vocabulary (Meta's `n_words`).

@@ -507,6 +507,12 @@ impl SentencePieceTokenizer {
         ids
     }
 
+    /// Whether every byte of text is encoded into some token (byte fallback on, no
+    /// whitespace collapsing): then a token stands for at most its piece's bytes.
+    pub(crate) fn keeps_every_byte(&self) -> bool {
+        self.byte_fallback && !self.remove_extra_whitespaces
+    }
+
     /// Number of pieces in the vocabulary (Meta's `n_words`).
     pub fn n_words(&self) -> usize {
         self.pieces.len()
