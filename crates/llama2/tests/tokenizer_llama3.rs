@@ -93,6 +93,14 @@ fn decoding_equals_tiktoken() {
     let tok = tokenizer();
     for c in cases("decode_cases.json") {
         let ids = ids(&c["ids"]);
+        // Streaming gives the same text, invalid UTF-8 included.
+        let mut stream = llama2::StreamDecoder::new();
+        let mut streamed = String::new();
+        for &id in &ids {
+            streamed.push_str(&stream.push(&tok, id).unwrap());
+        }
+        streamed.push_str(&stream.finish(&tok).unwrap());
+        assert_eq!(streamed, tok.decode(&ids).unwrap(), "{ids:?}");
         // tiktoken renders special ids as their names.
         assert_eq!(
             tok.decode_with_special(&ids).unwrap(),

@@ -676,6 +676,13 @@ impl BpeTokenizer {
         })
     }
 
+    /// Whether invalid UTF-8 decodes as Python's `errors="replace"` (one U+FFFD per
+    /// maximal invalid sequence: vocabularies from tiktoken files) rather than one per
+    /// byte.
+    pub(crate) fn replaces_like_python(&self) -> bool {
+        self.tiktoken
+    }
+
     /// Whether every byte of text is encoded into some token (each of the 256 byte
     /// symbols is in the vocabulary; llama.cpp drops bytes that are not).
     pub(crate) fn keeps_every_byte(&self) -> bool {

@@ -36,7 +36,11 @@ impl StreamDecoder {
             Tokenizer::Bpe(t) => {
                 // Byte-level BPE: every token is bytes; hold back an incomplete character.
                 t.push_token_bytes(id, false, &mut self.pending)?;
-                self.drain(false, &mut out);
+                if t.replaces_like_python() {
+                    self.drain_lossy(false, &mut out);
+                } else {
+                    self.drain(false, &mut out);
+                }
                 return Ok(out);
             }
         };
@@ -64,10 +68,35 @@ impl StreamDecoder {
     /// continues the same text. Use a new decoder for a new sequence.
     pub fn finish(&mut self, tok: &Tokenizer) -> Result<String> {
         // The tokenizer is not needed to flush bytes; it is taken for API symmetry.
-        let _ = tok;
         let mut out = String::new();
-        self.drain(true, &mut out);
+        match tok {
+            Tokenizer::Bpe(t) if t.replaces_like_python() => self.drain_lossy(true, &mut out),
+            _ => self.drain(true, &mut out),
+        }
         Ok(out)
+    }
+
+    /// [`drain`](Self::drain) with Python's replacement rule (tiktoken vocabularies):
+    /// one U+FFFD per maximal invalid sequence, as `String::from_utf8_lossy` does; a
+    /// trailing sequence that more bytes could complete stays pending.
+    fn drain_lossy(&mut self, end_of_run: bool, out: &mut String) {
+        let mut consumed = 0;
+        let chunks: Vec<_> = self.pending.utf8_chunks().collect();
+        let last = chunks.len().saturating_sub(1);
+        for (k, c) in chunks.iter().enumerate() {
+            out.push_str(c.valid());
+            consumed += c.valid().len();
+            let bad = c.invalid();
+            if bad.is_empty() {
+                continue;
+            }
+            if k == last && !end_of_run && matches!(utf8_head(bad), Utf8Head::Incomplete) {
+                break;
+            }
+            out.push('\u{FFFD}');
+            consumed += bad.len();
+        }
+        self.pending.drain(..consumed);
     }
 
     /// Moves the settled part of the pending bytes into `out`. With `end_of_run`, the run
