@@ -951,13 +951,7 @@ impl Llama {
         opts: &GenerationOptions,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<ChatPrediction> {
-        let Some(ids) = self.dialog_prompts(std::slice::from_ref(dialog))?.remove(0) else {
-            let _ = on_text(chat::UNSAFE_ERROR);
-            return Ok(self.refusal(opts.logprobs));
-        };
-        let stops = self.chat_stop_ids();
-        let o = self.stream_row(&[ids], opts, &stops, false, on_text)?;
-        self.chat_prediction(o)
+        self.chat_stream(dialog, opts, false, on_text)
     }
 
     /// [`Llama::chat_completion_stream`] with `on_token` called once per generated token,
@@ -970,12 +964,22 @@ impl Llama {
         opts: &GenerationOptions,
         on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<ChatPrediction> {
+        self.chat_stream(dialog, opts, true, on_token)
+    }
+
+    fn chat_stream(
+        &self,
+        dialog: &Dialog,
+        opts: &GenerationOptions,
+        every_token: bool,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<ChatPrediction> {
         let Some(ids) = self.dialog_prompts(std::slice::from_ref(dialog))?.remove(0) else {
-            let _ = on_token(chat::UNSAFE_ERROR);
+            let _ = on_text(chat::UNSAFE_ERROR);
             return Ok(self.refusal(opts.logprobs));
         };
         let stops = self.chat_stop_ids();
-        let o = self.stream_row(&[ids], opts, &stops, true, on_token)?;
+        let o = self.stream_row(&[ids], opts, &stops, every_token, on_text)?;
         self.chat_prediction(o)
     }
 
