@@ -32,7 +32,9 @@ python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./python pytest
 "$venv/bin/python" -m pytest python/tests -q -p no:cacheprovider
 
-# The server tests start target/debug/llama2 on free loopback ports.
+# The bad-input suite (hostile files and numbers, each under a 4 GiB address-space
+# limit) and the server tests run target/debug/llama2 (overflow checks on).
 cargo build -p llama2-cli
+python3 tests/bad_inputs/run.py --bin target/debug/llama2
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai
 LLAMA2_BIN="$PWD/target/debug/llama2" "$venv/bin/python" -m pytest tests/server -q -p no:cacheprovider

@@ -125,10 +125,13 @@ fn stddev(v: &[f64]) -> f64 {
     (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt()
 }
 
+/// Most repetitions of one test (each keeps its speed for the statistics).
+const MAX_REPETITIONS: usize = 10_000;
+
 /// Runs the benchmark and prints the table.
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.repetitions == 0 {
-        usage!("--repetitions must be at least 1");
+    if !(1..=MAX_REPETITIONS).contains(&a.repetitions) {
+        usage!("--repetitions must be in 1..={MAX_REPETITIONS}");
     }
     let path = match &a.model {
         Some(p) => p.clone(),
@@ -146,7 +149,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .copied()
         .max()
         .unwrap_or(1)
-        + 1;
+        .saturating_add(1);
     let size = std::fs::metadata(&path).map_or(0, |m| m.len());
     let name = path
         .file_name()

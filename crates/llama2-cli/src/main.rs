@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use llama2::{Dialog, GenerationOptions, Llama, Message, Role, TemplateChoice, Tokenizer};
 
@@ -268,7 +269,18 @@ fn main() -> ExitCode {
         Some("-np") => "--parallel".into(),
         _ => a,
     });
-    let cli = Cli::parse_from(args);
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        // A usage error: one line, exit 2 (clap would add the usage and a hint).
+        Err(e)
+            if e.use_stderr()
+                && e.kind() != ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            eprintln!("error: {}", clap_one_line(&e));
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Complete(a) => complete(a),
         Command::Chat(a) => chat(a),
@@ -286,6 +298,25 @@ fn main() -> ExitCode {
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// A clap error as one line: its message (a list of missing arguments joined on it) and
+/// any tip, without the usage paragraph.
+fn clap_one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut paragraphs = text.split("\n\n").map(|p| {
+        p.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let mut line = paragraphs.next().unwrap_or_default();
+    line = line.strip_prefix("error: ").unwrap_or(&line).to_string();
+    for tip in paragraphs.filter(|p| p.starts_with("tip:")) {
+        line.push_str(&format!(" ({tip})"));
+    }
+    line
 }
 
 /// A usage or input error of the command line (exit code 2); see [`usage!`].

@@ -6,6 +6,16 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+/// Largest model width accepted (Llama 3.1 405B has 16384): a bound on every buffer a
+/// width sizes before any tensor is checked against the file.
+pub const MAX_DIM: usize = 1 << 17;
+/// Most transformer blocks accepted (405B has 126).
+pub const MAX_LAYERS: usize = 4096;
+/// Widest FFN accepted (405B: 53248).
+pub const MAX_FFN_DIM: usize = 1 << 20;
+/// Largest vocabulary accepted (Llama 3: 128256; the largest published are ~256k).
+pub const MAX_VOCAB: usize = 1 << 24;
+
 /// `params.json` as Meta ships it. Missing keys take the reference defaults; unknown
 /// keys are ignored.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -183,7 +193,7 @@ impl Default for ModelArgs {
 impl ModelArgs {
     /// Reads and validates `params.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_json_text(path)?;
         Self::from_json(&text)
             .map_err(|e| Error::Config(format!("{}: {}", path.display(), config_msg(&e))))
     }
@@ -209,6 +219,27 @@ impl ModelArgs {
         let bad = |m: String| Err(Error::Config(m));
         if self.dim == 0 || self.n_layers == 0 || self.n_heads == 0 {
             return bad("dim, n_layers and n_heads must be positive".into());
+        }
+        if self.dim > MAX_DIM {
+            return bad(format!("dim {} is over the limit of {MAX_DIM}", self.dim));
+        }
+        if self.n_layers > MAX_LAYERS {
+            return bad(format!(
+                "n_layers {} is over the limit of {MAX_LAYERS}",
+                self.n_layers
+            ));
+        }
+        if self.vocab_size > MAX_VOCAB as i64 {
+            return bad(format!(
+                "vocab_size {} is over the limit of {MAX_VOCAB}",
+                self.vocab_size
+            ));
+        }
+        if self.multiple_of > MAX_FFN_DIM {
+            return bad(format!(
+                "multiple_of {} is over the limit of {MAX_FFN_DIM}",
+                self.multiple_of
+            ));
         }
         if !self.dim.is_multiple_of(self.n_heads) {
             return bad(format!(
@@ -251,6 +282,12 @@ impl ModelArgs {
             if !(m.is_finite() && m > 0.0) {
                 return bad(format!("ffn_dim_multiplier {m} must be positive"));
             }
+        }
+        if self.ffn_hidden_dim() > MAX_FFN_DIM {
+            return bad(format!(
+                "the FFN width {} is over the limit of {MAX_FFN_DIM}",
+                self.ffn_hidden_dim()
+            ));
         }
         if let Some(s) = &self.rope_scaling {
             s.validate(self.head_dim() / 2).map_err(Error::Config)?;
@@ -318,16 +355,18 @@ impl ModelArgs {
         self.dim / self.n_heads
     }
 
-    /// FFN hidden width, computed as the reference does.
+    /// FFN hidden width, computed as the reference does (saturating: values past the
+    /// limits of [`ModelArgs::validate`] come out as huge widths, never as a panic).
     pub fn ffn_hidden_dim(&self) -> usize {
         if let Some(h) = self.ffn_hidden_dim {
             return h;
         }
-        let mut h = 2 * (4 * self.dim) / 3;
+        let mut h = self.dim.saturating_mul(8) / 3;
         if let Some(m) = self.ffn_dim_multiplier {
             h = (m * h as f64) as usize;
         }
-        self.multiple_of * h.div_ceil(self.multiple_of)
+        let m = self.multiple_of.max(1);
+        m.saturating_mul(h.div_ceil(m))
     }
 }
 
@@ -368,6 +407,13 @@ mod tests {
             r#"[1, 2]"#,
             r#"{"norm_eps": -1}"#,
             "not json",
+            // Sizes past the limits, before any file is looked at.
+            r#"{"dim": 1073741824, "n_heads": 8}"#,
+            r#"{"n_layers": 1000000000}"#,
+            r#"{"vocab_size": 4294967296}"#,
+            r#"{"ffn_dim_multiplier": 1e300}"#,
+            r#"{"multiple_of": 18446744073709551615}"#,
+            r#"{"dim": 18446744073709551615, "n_heads": 1}"#,
         ] {
             assert!(
                 matches!(ModelArgs::from_json(bad), Err(Error::Config(_))),

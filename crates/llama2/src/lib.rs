@@ -12,6 +12,7 @@ pub mod convert;
 pub mod dtype;
 pub mod engine;
 pub mod error;
+pub mod files;
 pub mod kernels;
 pub mod llama;
 pub mod loader;

@@ -343,7 +343,9 @@ impl Llama {
             TemplateChoice::ChatMl => ChatTemplate::chatml(&tokenizer)?,
             TemplateChoice::Jinja(src) => ChatTemplate::jinja("custom", src.clone(), &tokenizer)?,
             TemplateChoice::Auto => match chat_template {
-                Some(src) => ChatTemplate::jinja("model", src, &tokenizer)?,
+                // The model file's own template: a broken one is a broken model file.
+                Some(src) => ChatTemplate::jinja("model", src, &tokenizer)
+                    .map_err(|e| Error::checkpoint(&path, e.to_string()))?,
                 None => ChatTemplate::builtin_for(&tokenizer),
             },
         };

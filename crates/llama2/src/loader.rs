@@ -127,7 +127,7 @@ fn hf_chat_template(dir: &Path) -> Result<Option<String>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let text = crate::files::read_json_text(&path)?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::checkpoint(&path, format!("invalid JSON: {e}")))?;
     Ok(match &v["chat_template"] {

@@ -85,6 +85,11 @@ fn template_errors_are_typed() {
     let t =
         ChatTemplate::jinja("loop", "{% for i in range(100000000) %}x{% endfor %}", &tok).unwrap();
     assert!(t.render(&[Message::new(Role::User, "x")]).is_err());
+    // A template that writes gigabytes is stopped at the output limit (64 MiB).
+    let big = "{% for i in range(100) %}{{ 'x' * 100000000 }}{% endfor %}";
+    let t = ChatTemplate::jinja("big", big, &tok).unwrap();
+    let e = t.render(&[Message::new(Role::User, "x")]).unwrap_err();
+    assert!(e.to_string().contains("more than 64 MiB"), "{e}");
     // The reference's role rules apply to every template.
     let e = t
         .encode(&tok, &[Message::new(Role::Assistant, "x")])

@@ -246,3 +246,53 @@ fn bad_hf_folders_are_clear_errors() {
     assert!(e.to_string().contains("I32"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Bytes of a safetensors file from (name, dtype, shape, bytes), via a temporary file.
+fn safetensors_bytes(tag: &str, tensors: &[(String, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
+    let path = std::env::temp_dir().join(format!("llama2-st-{tag}-{}", std::process::id()));
+    write_safetensors(&path, tensors);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::remove_file(path).ok();
+    bytes
+}
+
+#[test]
+fn in_memory_loading_checks_what_folders_check() {
+    let model = "tiny-gqa";
+    let config = std::fs::read(model_dir(model).join("hf/config.json")).unwrap();
+    let tensors = fixture_tensors(model);
+    // The same weights as the folder.
+    let st = safetensors_bytes("ok", &tensors);
+    let mem = llama2::checkpoint::hf::hf_weights_from_bytes(&config, &[&st]).unwrap();
+    let dir = load_hf_folder(&model_dir(model).join("hf"))
+        .unwrap()
+        .weights;
+    assert_eq!(mem.args, dir.args);
+    for (name, t) in &dir.tensors {
+        assert_eq!(mem.tensors[name].bytes(), t.bytes(), "{name}");
+    }
+    // An embedding of rank 0 or 1 (once an index panic) is a shape error.
+    let embedding = "model.embed_tokens.weight";
+    for shape in [vec![], vec![32000 * 32]] {
+        let edited: Vec<_> = tensors
+            .iter()
+            .map(|(n, d, s, b)| {
+                let element = b.len() / s.iter().product::<usize>();
+                let bytes = if n == embedding && shape.is_empty() {
+                    b[..element].to_vec()
+                } else {
+                    b.clone()
+                };
+                let s = if n == embedding {
+                    shape.clone()
+                } else {
+                    s.clone()
+                };
+                (n.clone(), *d, s, bytes)
+            })
+            .collect();
+        let st = safetensors_bytes("rank", &edited);
+        let e = llama2::checkpoint::hf::hf_weights_from_bytes(&config, &[&st]).unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }), "{shape:?}: {e}");
+    }
+}

@@ -25,6 +25,32 @@ const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_
 /// Upper bound on template evaluation steps: templates come from model files.
 const TEMPLATE_FUEL: u64 = 5_000_000;
 
+/// Most bytes a template may write: templates come from model files, and no prompt
+/// that fits a context of [`crate::engine::MAX_CONTEXT`] tokens is longer.
+const MAX_RENDERED_BYTES: usize = 64 << 20;
+
+/// Collects a template's output and stops the rendering past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct LimitedOutput {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for LimitedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.over = true;
+            return Err(std::io::Error::other("template output over the limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// How a dialog becomes prompt tokens.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ChatTemplate {
@@ -214,7 +240,19 @@ impl ChatTemplate {
             bos_token: &j.bos_token,
             eos_token: &j.eos_token,
         };
-        env.render_str(&j.source, ctx)
+        let template = env
+            .template_from_str(&j.source)
+            .map_err(|e| DialogError::Template(e.to_string()))?;
+        let mut out = LimitedOutput::default();
+        let rendered = template.render_captured_to(ctx, &mut out);
+        if out.over {
+            return Err(DialogError::Template(format!(
+                "the chat template wrote more than {} MiB",
+                MAX_RENDERED_BYTES >> 20
+            )));
+        }
+        rendered.map_err(|e| DialogError::Template(e.to_string()))?;
+        String::from_utf8(out.bytes)
             .map(Some)
             .map_err(|e| DialogError::Template(e.to_string()))
     }

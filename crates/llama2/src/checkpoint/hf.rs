@@ -84,7 +84,7 @@ pub struct HfModel {
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::files::read_json_text(path)?;
     serde_json::from_str(&text).map_err(|e| Error::checkpoint(path, format!("invalid JSON: {e}")))
 }
 
@@ -137,10 +137,9 @@ fn model_args(path: &Path, cfg: &HfConfig) -> Result<ModelArgs> {
         ));
     }
     let head_dim = cfg.hidden_size / cfg.num_attention_heads;
-    if cfg.head_dim.is_some_and(|h| h != head_dim) {
+    if let Some(h) = cfg.head_dim.filter(|&h| h != head_dim) {
         return Err(bad(format!(
-            "head_dim {:?} differs from hidden_size / num_attention_heads = {head_dim}: not supported",
-            cfg.head_dim
+            "head_dim {h} differs from hidden_size / num_attention_heads = {head_dim}: not supported"
         )));
     }
     let args = ModelArgs {
@@ -235,9 +234,25 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Every tensor of one safetensors file, zero-copy.
 fn load_safetensors(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<()> {
     let map = map_file(path)?;
-    let st = SafeTensors::deserialize(&map)
-        .map_err(|e| Error::checkpoint(path, format!("invalid safetensors file: {e}")))?;
     let base = map.as_ptr() as usize;
+    add_safetensors(path, &map, out, |data| Storage::Mapped {
+        map: Arc::clone(&map),
+        offset: data.as_ptr() as usize - base,
+        len: data.len(),
+    })
+}
+
+/// Parses safetensors `bytes` (the crate checks the header length, every offset and
+/// every shape against the data) and adds its tensors to `out`; `storage` turns a
+/// tensor's bytes (a slice of `bytes`) into its storage.
+fn add_safetensors(
+    path: &Path,
+    bytes: &[u8],
+    out: &mut HashMap<String, Tensor>,
+    storage: impl Fn(&[u8]) -> Storage,
+) -> Result<()> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::checkpoint(path, format!("invalid safetensors file: {e}")))?;
     for (name, view) in st.tensors() {
         let dtype = match view.dtype() {
             StDtype::F32 => DType::F32,
@@ -250,15 +265,10 @@ fn load_safetensors(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<()
                 ))
             }
         };
-        let data = view.data();
         let tensor = Tensor {
             dtype,
             shape: view.shape().to_vec(),
-            storage: Storage::Mapped {
-                map: Arc::clone(&map),
-                offset: data.as_ptr() as usize - base,
-                len: data.len(),
-            },
+            storage: storage(view.data()),
         };
         if out.insert(name.clone(), tensor).is_some() {
             return Err(Error::checkpoint(
@@ -301,15 +311,55 @@ pub fn load_hf_folder(dir: &Path) -> Result<HfModel> {
         return Err(Error::checkpoint(dir, "no config.json in the folder"));
     }
     let raw = read_json(&cfg_path)?;
-    let cfg: HfConfig = serde_json::from_value(raw.clone())
-        .map_err(|e| Error::checkpoint(&cfg_path, format!("invalid config: {e}")))?;
-    let args = model_args(&cfg_path, &cfg)?;
     let mut hf = HashMap::new();
     for f in shard_files(dir)? {
         load_safetensors(&f, &mut hf)?;
     }
+    let (weights, cfg) = assemble(&cfg_path, dir, &raw, hf)?;
+    let declared_dtype = raw
+        .get("dtype")
+        .or_else(|| raw.get("torch_dtype"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(HfModel {
+        weights,
+        context_length: cfg.max_position_embeddings,
+        generation: generation_defaults(dir)?,
+        declared_dtype,
+    })
+}
+
+/// Builds a Hugging Face Llama model from memory: the text of `config.json` and the
+/// bytes of its safetensors files, with every check [`load_hf_folder`] makes (the
+/// tensors are copied out of `safetensors`). For callers that already hold the files,
+/// tests and fuzzing.
+pub fn hf_weights_from_bytes(config_json: &[u8], safetensors: &[&[u8]]) -> Result<ModelWeights> {
+    let dir = Path::new("<memory>");
+    let cfg_path = dir.join("config.json");
+    let raw: Value = serde_json::from_slice(config_json)
+        .map_err(|e| Error::checkpoint(&cfg_path, format!("invalid JSON: {e}")))?;
+    let mut hf = HashMap::new();
+    for bytes in safetensors {
+        add_safetensors(&dir.join("model.safetensors"), bytes, &mut hf, |data| {
+            Storage::Owned(Arc::new(data.to_vec()))
+        })?;
+    }
+    Ok(assemble(&cfg_path, dir, &raw, hf)?.0)
+}
+
+/// Checks a parsed `config.json` against the tensors of the safetensors files and
+/// renames them to Meta's names and layout.
+fn assemble(
+    cfg_path: &Path,
+    dir: &Path,
+    raw: &Value,
+    mut hf: HashMap<String, Tensor>,
+) -> Result<(ModelWeights, HfConfig)> {
+    let cfg: HfConfig = serde_json::from_value(raw.clone())
+        .map_err(|e| Error::checkpoint(cfg_path, format!("invalid config: {e}")))?;
+    let args = model_args(cfg_path, &cfg)?;
     args.check_layers(hf.len(), "num_hidden_layers")
-        .map_err(|m| Error::checkpoint(&cfg_path, m))?;
+        .map_err(|m| Error::checkpoint(cfg_path, m))?;
     let missing = |n: &str| Error::checkpoint(dir, format!("tensor '{n}' is missing"));
     let mut names: Vec<(String, String)> = vec![
         (
@@ -365,27 +415,18 @@ pub fn load_hf_folder(dir: &Path) -> Result<HfModel> {
         None => return Err(missing("lm_head.weight")),
     };
     tensors.insert("output.weight".into(), output);
-    let vocab_size = tensors["tok_embeddings.weight"].shape[0];
-    if vocab_size != cfg.vocab_size {
+    let embedding = &tensors["tok_embeddings.weight"].shape;
+    if embedding.first() != Some(&cfg.vocab_size) {
         return Err(Error::Shape {
             name: "model.embed_tokens.weight".into(),
             expected: vec![cfg.vocab_size, args.dim],
-            found: tensors["tok_embeddings.weight"].shape.clone(),
+            found: embedding.clone(),
         });
     }
-    let declared_dtype = raw
-        .get("dtype")
-        .or_else(|| raw.get("torch_dtype"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    Ok(HfModel {
-        weights: ModelWeights {
-            args,
-            tensors,
-            vocab_size,
-        },
-        context_length: cfg.max_position_embeddings,
-        generation: generation_defaults(dir)?,
-        declared_dtype,
-    })
+    let weights = ModelWeights {
+        args,
+        tensors,
+        vocab_size: cfg.vocab_size,
+    };
+    Ok((weights, cfg))
 }

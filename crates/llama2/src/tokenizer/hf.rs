@@ -25,6 +25,7 @@ use super::proto::piece_type;
 use super::sentencepiece::{SentencePieceTokenizer, SpOptions, DEFAULT_UNK_SURFACE};
 use super::Tokenizer;
 use crate::error::{Error, Result};
+use crate::files::MAX_JSON_FILE_BYTES;
 
 fn tok_err(msg: impl Into<String>) -> Error {
     Error::Tokenizer(format!("tokenizer.json: {}", msg.into()))
@@ -40,7 +41,7 @@ const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 /// Reads `tokenizer.json` bytes and, from `dir`, an optional `tokenizer_config.json`.
 pub(super) fn from_json_bytes(json: &[u8], dir: Option<&Path>) -> Result<Tokenizer> {
     let config = match dir.map(|d| d.join("tokenizer_config.json")) {
-        Some(p) if p.is_file() => Some(std::fs::read(&p).map_err(|e| Error::io(&p, e))?),
+        Some(p) if p.is_file() => Some(crate::files::read_limited(&p, MAX_JSON_FILE_BYTES)?),
         _ => None,
     };
     from_json_parts(json, config.as_deref())

@@ -38,7 +38,7 @@ pub use sentencepiece::{SentencePieceTokenizer, SentencePieceVocab};
 pub use stream::StreamDecoder;
 pub use tiktoken::{vocab_from_tiktoken, LLAMA3_SPECIAL_TOKENS};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// A tokenizer of either family; see the [module docs](self).
 #[derive(Debug, Clone)]
@@ -301,20 +301,7 @@ pub const MAX_TOKENIZER_FILE_BYTES: u64 = 64 << 20;
 
 /// Reads a tokenizer file of at most [`MAX_TOKENIZER_FILE_BYTES`].
 fn read_limited(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_TOKENIZER_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 > MAX_TOKENIZER_FILE_BYTES {
-        return Err(Error::Tokenizer(format!(
-            "{}: larger than {} MiB, not a tokenizer file",
-            path.display(),
-            MAX_TOKENIZER_FILE_BYTES >> 20
-        )));
-    }
-    Ok(bytes)
+    crate::files::read_limited(path, MAX_TOKENIZER_FILE_BYTES)
 }
 
 fn looks_like_json(bytes: &[u8]) -> bool {

@@ -253,7 +253,7 @@ pub(super) const DEFAULT_UNK_SURFACE: &str = " \u{2047} ";
 impl SentencePieceTokenizer {
     /// Loads a SentencePiece `tokenizer.model` file.
     pub fn from_file(path: &Path) -> Result<SentencePieceTokenizer> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::files::read_limited(path, super::MAX_TOKENIZER_FILE_BYTES)?;
         SentencePieceTokenizer::from_bytes(&bytes)
     }
 
