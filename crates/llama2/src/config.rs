@@ -217,8 +217,14 @@ impl ModelArgs {
     /// Checks that the values describe a buildable model.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.dim == 0 || self.n_layers == 0 || self.n_heads == 0 {
-            return bad("dim, n_layers and n_heads must be positive".into());
+        for (field, value) in [
+            ("dim", self.dim),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+        ] {
+            if value == 0 {
+                return bad(format!("{field} must be positive"));
+            }
         }
         if self.dim > MAX_DIM {
             return bad(format!("dim {} is over the limit of {MAX_DIM}", self.dim));
@@ -275,9 +281,6 @@ impl ModelArgs {
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return bad(format!("rope_theta {} must be positive", self.rope_theta));
         }
-        if self.ffn_hidden_dim == Some(0) {
-            return bad("ffn_hidden_dim must be positive".into());
-        }
         if let Some(m) = self.ffn_dim_multiplier {
             if !(m.is_finite() && m > 0.0) {
                 return bad(format!("ffn_dim_multiplier {m} must be positive"));
@@ -285,7 +288,7 @@ impl ModelArgs {
         }
         if self.ffn_hidden_dim() > MAX_FFN_DIM {
             return bad(format!(
-                "the FFN width {} is over the limit of {MAX_FFN_DIM}",
+                "ffn_hidden_dim (the FFN width) {} is over the limit of {MAX_FFN_DIM}",
                 self.ffn_hidden_dim()
             ));
         }
@@ -370,6 +373,28 @@ impl ModelArgs {
     }
 }
 
+/// A [`ModelArgs::validate`] message with the `params.json` field names replaced by the
+/// keys a file format calls them (`names`: field, key), so the error names what to fix.
+pub fn with_key_names(msg: &str, names: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let key = names.iter().find(|(field, _)| *field == word.as_str());
+        out.push_str(key.map_or(word.as_str(), |(_, key)| key));
+        word.clear();
+    };
+    for c in msg.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 fn config_msg(e: &Error) -> String {
     match e {
         Error::Config(m) => m.clone(),
@@ -396,6 +421,19 @@ mod tests {
         assert_eq!(a70.head_dim(), 128);
         let a13 = ModelArgs::from_json(r#"{"dim": 5120, "n_heads": 40, "n_layers": 40}"#).unwrap();
         assert_eq!(a13.ffn_hidden_dim(), 13824); // Llama 2 13B
+    }
+
+    #[test]
+    fn messages_take_the_format_s_key_names() {
+        let names = [("dim", "hidden_size"), ("n_heads", "num_attention_heads")];
+        assert_eq!(
+            with_key_names("dim 30 is not divisible by n_heads 4; dims", &names),
+            "hidden_size 30 is not divisible by num_attention_heads 4; dims"
+        );
+        assert_eq!(
+            with_key_names("dim, n_layers and n_heads", &names),
+            "hidden_size, n_layers and num_attention_heads"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use super::ModelWeights;
-use crate::config::{ModelArgs, RopeScaling};
+use crate::config::{with_key_names, ModelArgs, RopeScaling};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
@@ -1134,8 +1134,18 @@ pub fn gguf_model_weights(file: &GgufFile, path: &Path) -> Result<ModelWeights> 
     };
     args.check_layers(file.tensor_infos().len(), "llama.block_count")
         .map_err(bad)?;
-    args.validate()
-        .map_err(|e| bad(format!("{}: {e}", "inconsistent llama.* metadata")))?;
+    args.validate().map_err(|e| {
+        let names = [
+            ("dim", "llama.embedding_length"),
+            ("n_layers", "llama.block_count"),
+            ("n_heads", "llama.attention.head_count"),
+            ("n_kv_heads", "llama.attention.head_count_kv"),
+            ("ffn_hidden_dim", "llama.feed_forward_length"),
+            ("norm_eps", "llama.attention.layer_norm_rms_epsilon"),
+            ("rope_theta", "llama.rope.freq_base"),
+        ];
+        bad(with_key_names(&e.to_string(), &names))
+    })?;
     let head_dim = args.head_dim();
     if let Some(n_rot) = file.get_usize("llama.rope.dimension_count")? {
         if n_rot != head_dim {

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::ModelWeights;
-use crate::config::{ModelArgs, RopeScaling};
+use crate::config::{with_key_names, ModelArgs, RopeScaling};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::{map_file, Storage, Tensor};
@@ -156,8 +156,17 @@ fn model_args(path: &Path, cfg: &HfConfig) -> Result<ModelArgs> {
         rope_scaling,
         ..ModelArgs::default()
     };
-    args.validate()
-        .map_err(|e| bad(format!("config.json: {e}")))?;
+    args.validate().map_err(|e| {
+        let names = [
+            ("dim", "hidden_size"),
+            ("n_layers", "num_hidden_layers"),
+            ("n_heads", "num_attention_heads"),
+            ("n_kv_heads", "num_key_value_heads"),
+            ("ffn_hidden_dim", "intermediate_size"),
+            ("norm_eps", "rms_norm_eps"),
+        ];
+        bad(with_key_names(&e.to_string(), &names))
+    })?;
     Ok(args)
 }
 
