@@ -36,6 +36,15 @@ pub struct BenchArgs {
         default_value = "128"
     )]
     generate: Vec<usize>,
+    /// Cache depths: each test runs after this many tokens are already in the cache
+    /// (filled untimed before every repetition), as llama-bench's `-d`.
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    depth: Vec<usize>,
     /// Thread counts (comma-separated; default: the physical cores).
     #[arg(short = 't', long, value_delimiter = ',')]
     threads: Vec<usize>,
@@ -60,17 +69,73 @@ pub fn bench_tokens(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
         .collect()
 }
 
-/// Times one prefill of `n` tokens from an empty cache (logits of the last position
-/// only), as `llama-bench`'s `pp` test does.
-fn time_prefill(llama: &Llama, n: usize) -> Result<Duration> {
+/// One test: `n` prompt tokens in one prefill (`pp`) or `n` single-token decode steps
+/// (`tg`), after `depth` tokens already in the cache.
+#[derive(Clone, Copy)]
+struct Test {
+    decode: bool,
+    n: usize,
+    depth: usize,
+}
+
+impl Test {
+    /// llama-bench's name for the test: `pp512`, `tg128 @ d4096`.
+    fn name(&self) -> String {
+        let kind = if self.decode { "tg" } else { "pp" };
+        match self.depth {
+            0 => format!("{kind}{}", self.n),
+            d => format!("{kind}{} @ d{d}", self.n),
+        }
+    }
+
+    /// Positions the test needs in the cache.
+    fn positions(&self) -> usize {
+        self.depth.saturating_add(self.n).saturating_add(1)
+    }
+
+    fn time(&self, llama: &Llama) -> Result<Duration> {
+        if self.decode {
+            time_decode(llama, self.n, self.depth)
+        } else {
+            time_prefill(llama, self.n, self.depth)
+        }
+    }
+}
+
+/// Fills positions `0..depth` of slot 0 (untimed: the cache a test starts from).
+fn fill_depth(
+    model: &llama2::model::Transformer,
+    pool: &llama2::kernels::WorkerPool,
+    kv: &mut KvPool,
+    rope: &llama2::kernels::RopeTable,
+    depth: usize,
+) -> llama2::Result<()> {
+    if depth == 0 {
+        return Ok(());
+    }
+    let tokens = bench_tokens(depth, model.vocab_size(), 1);
+    let chunk = SeqChunk {
+        slot: 0,
+        start_pos: 0,
+        tokens: &tokens,
+        all_logits: false,
+    };
+    let (mut ws, mut logits) = (Workspace::new(), Vec::new());
+    model.forward(pool, kv, rope, &[chunk], &mut ws, &mut logits)
+}
+
+/// Times one prefill of `n` tokens after `depth` cached ones (logits of the last
+/// position only), as `llama-bench`'s `pp` test does.
+fn time_prefill(llama: &Llama, n: usize, depth: usize) -> Result<Duration> {
     let tokens = bench_tokens(n, llama.model().vocab_size(), 0);
     let kv_type = llama.engine().config().kv_type;
     Ok(llama.engine().exclusive(move |model, pool| {
-        let mut kv = KvPool::new(model.args(), 1, n, kv_type)?;
-        let rope = model.rope_table(n);
+        let mut kv = KvPool::new(model.args(), 1, depth + n, kv_type)?;
+        let rope = model.rope_table(depth + n);
+        fill_depth(model, pool, &mut kv, &rope, depth)?;
         let chunk = SeqChunk {
             slot: 0,
-            start_pos: 0,
+            start_pos: depth,
             tokens: &tokens,
             all_logits: false,
         };
@@ -82,17 +147,18 @@ fn time_prefill(llama: &Llama, n: usize) -> Result<Duration> {
 }
 
 /// Times `n` single-token decode steps (greedy, never stopping at EOS) after a
-/// one-token prompt, as `llama-bench`'s `tg` test does.
-fn time_decode(llama: &Llama, n: usize) -> Result<Duration> {
+/// one-token prompt at position `depth`, as `llama-bench`'s `tg` test does.
+fn time_decode(llama: &Llama, n: usize, depth: usize) -> Result<Duration> {
     let kv_type = llama.engine().config().kv_type;
     let first = llama.tokenizer().bos_id();
     Ok(llama.engine().exclusive(move |model, pool| {
-        let mut kv = KvPool::new(model.args(), 1, n + 1, kv_type)?;
-        let rope = model.rope_table(n + 1);
+        let mut kv = KvPool::new(model.args(), 1, depth + n + 1, kv_type)?;
+        let rope = model.rope_table(depth + n + 1);
+        fill_depth(model, pool, &mut kv, &rope, depth)?;
         let (mut ws, mut logits) = (Workspace::new(), Vec::new());
         let mut tok = first;
         let start = Instant::now();
-        for pos in 0..n {
+        for pos in depth..depth + n {
             let t = [tok];
             let chunk = SeqChunk {
                 slot: 0,
@@ -142,14 +208,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
     } else {
         a.threads.clone()
     };
-    let longest = a
-        .prompt
+    let tests: Vec<Test> = a
+        .depth
         .iter()
-        .chain(&a.generate)
-        .copied()
-        .max()
-        .unwrap_or(1)
-        .saturating_add(1);
+        .flat_map(|&depth| {
+            let pp = a.prompt.iter().filter(|&&n| n > 0).map(move |&n| Test {
+                decode: false,
+                n,
+                depth,
+            });
+            let tg = a.generate.iter().filter(|&&n| n > 0).map(move |&n| Test {
+                decode: true,
+                n,
+                depth,
+            });
+            pp.chain(tg)
+        })
+        .collect();
+    // The builder refuses a context past its limit with a clear message.
+    let longest = tests.iter().map(Test::positions).max().unwrap_or(1);
     let size = std::fs::metadata(&path).map_or(0, |m| m.len());
     let name = path
         .file_name()
@@ -168,17 +245,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             b = b.tokenizer(tok);
         }
         let llama = b.build()?;
-        let tests = a
-            .prompt
-            .iter()
-            .filter(|&&p| p > 0)
-            .map(|&p| ("pp", p))
-            .chain(a.generate.iter().filter(|&&n| n > 0).map(|&n| ("tg", n)));
-        for (kind, n) in tests {
-            let run = || match kind {
-                "pp" => time_prefill(&llama, n),
-                _ => time_decode(&llama, n),
-            };
+        for test in &tests {
+            let n = test.n;
+            let run = || test.time(&llama);
             run()?; // warm-up: page in the weights, size the allocations
             let mut speeds = Vec::with_capacity(a.repetitions);
             for _ in 0..a.repetitions {
@@ -190,16 +259,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 speeds.iter().copied().fold(0.0, f64::max),
             );
             let med = median(&speeds);
-            let test = format!("{kind}{n}");
+            let name_of_test = test.name();
             if a.output == Format::Md {
                 println!(
-                    "| {name} | {:.2} MiB | {t} | {test} | {med:.2} | {sd:.2} | {min:.2} | {max:.2} |",
+                    "| {name} | {:.2} MiB | {t} | {name_of_test} | {med:.2} | {sd:.2} | {min:.2} | {max:.2} |",
                     size as f64 / (1 << 20) as f64
                 );
             }
             rows.push(json!({
-                "model": path, "size_bytes": size, "threads": t, "test": test,
-                "n_tokens": n, "repetitions": a.repetitions,
+                "model": path, "size_bytes": size, "threads": t, "test": name_of_test,
+                "n_tokens": n, "n_depth": test.depth, "repetitions": a.repetitions,
                 // In the order the repetitions ran.
                 "tokens_per_s": speeds,
                 "median": med, "stddev": sd, "min": min, "max": max,

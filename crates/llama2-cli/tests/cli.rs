@@ -388,3 +388,56 @@ fn input_files_and_lines_are_read_with_limits() {
     // Usage errors are 2, not 1.
     assert_fails(with_model("chat", &["--json"]), 2, "--json needs");
 }
+
+#[test]
+fn bench_runs_each_test_at_each_depth() {
+    let gguf = fixtures().join("models/tiny-gqa/gguf/tiny-gqa-f32.gguf");
+    let out = llama2(&[
+        "bench",
+        "-m",
+        gguf.to_str().unwrap(),
+        "-p",
+        "8",
+        "-n",
+        "2",
+        "-d",
+        "0,16",
+        "-r",
+        "1",
+        "-t",
+        "1",
+        "-o",
+        "json",
+    ]);
+    let rows: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let tests: Vec<(&str, u64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["test"].as_str().unwrap(), r["n_depth"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        tests,
+        [("pp8", 0), ("tg2", 0), ("pp8 @ d16", 16), ("tg2 @ d16", 16)]
+    );
+    // A depth past the context limit is a usage error, before anything is reserved.
+    assert_fails(
+        llama2(&["bench", "-m", gguf.to_str().unwrap(), "-d", "2000000"]),
+        2,
+        "max_seq_len",
+    );
+}
+
+#[test]
+fn argument_errors_are_one_line_with_exit_code_2() {
+    for (args, needle) in [
+        (&["complete", "--max-seq-len=-1", "x"][..], "--max-seq-len"),
+        (&["complete", "--max-seq-len", "-1", "x"][..], "tip:"),
+        (&["complete", "--top-p"][..], "--top-p"),
+        (&["tokenize", "x"][..], "--tokenizer"),
+        (&["bench", "-r", "1000000000000"][..], "--repetitions"),
+        (&["serve", "--port", "70000"][..], "70000"),
+    ] {
+        assert_fails(llama2(args), 2, needle);
+    }
+}
