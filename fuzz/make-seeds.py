@@ -105,5 +105,79 @@ for p in sorted(FIX.rglob("*.pth")):
         for n in z.namelist():
             if n.endswith("data.pkl"):
                 put("pickle", f"{p.parent.parent.name}-{p.parent.name}-{p.stem}.pkl", z.read(n))
+
+def torch_save_zip(tensors, compress=False):
+    """A torch.save-shaped zip (archive/data.pkl + archive/data/N) of small f32 tensors,
+    pickled as torch does (OrderedDict, _rebuild_tensor_v2, persistent storage ids)
+    with stand-in `torch` modules, since torch itself is not needed."""
+    import collections
+    import io
+    import pickle
+    import sys
+    import types
+
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+
+    def _rebuild_tensor_v2(*args):
+        raise NotImplementedError
+
+    _rebuild_tensor_v2.__module__ = "torch._utils"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+    utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+    FloatStorage = type("FloatStorage", (), {"__module__": "torch"})
+    torch.FloatStorage, torch._utils = FloatStorage, utils
+    saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
+    sys.modules.update({"torch": torch, "torch._utils": utils})
+
+    class Storage:
+        def __init__(self, key, numel):
+            self.key, self.numel = key, numel
+
+    class Rebuild:
+        def __init__(self, key, shape):
+            self.storage = Storage(key, count(shape))
+            self.shape = shape
+
+        def __reduce__(self):
+            stride = tuple(count(self.shape[i + 1:]) if i + 1 < len(self.shape) else 1
+                           for i in range(len(self.shape)))
+            return (_rebuild_tensor_v2, (self.storage, 0, tuple(self.shape), stride, False,
+                                         collections.OrderedDict()))
+
+    class P(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, Storage):
+                return ("storage", FloatStorage, obj.key, "cpu", obj.numel)
+            return None
+
+    try:
+        state = collections.OrderedDict(
+            (name, Rebuild(str(i), shape)) for i, (name, shape) in enumerate(tensors))
+        buf = io.BytesIO()
+        P(buf, protocol=2).dump(state)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    out = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(out, "w", method) as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/byteorder", "little")
+        for i, (_, shape) in enumerate(tensors):
+            z.writestr(f"archive/data/{i}", f32(count(shape)))
+        z.writestr("archive/version", "3\n")
+    return out.getvalue()
+
+
+count = lambda s: 1 if not s else s[0] * count(s[1:])  # noqa: E731
+small_state = [("tok_embeddings.weight", [16, 8]), ("norm.weight", [8]), ("output.weight", [16, 8]),
+               ("layers.0.attention.wq.weight", [8, 8])]
+put("pth", "stored", torch_save_zip(small_state))
+put("pth", "deflated", torch_save_zip(small_state, compress=True))
+
 print(f"seeds written under {CORPUS}: " + ", ".join(
     f"{d.name} {len(list(d.iterdir()))}" for d in sorted(CORPUS.iterdir())))

@@ -36,8 +36,28 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> List[Case]:
     return [(klass, name, argv, code) for klass, name, argv, code, _, _ in suite.cases]
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since the last reset_peak_rss()."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM
+    except OSError:
+        pass
+
+
+# The exception each expected exit code of the CLI corresponds to.
+EXPECTED = {3: ModelLoadError, 2: InvalidArgumentError}
+
+
 def test_hostile_files_raise_typed_errors(cases: List[Case]) -> None:
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reset_peak_rss()
+    rss_before = peak_rss_mb()
     failures, checked = [], 0
     for klass, name, argv, code in cases:
         model, tokenizer = flag(argv, "--model"), flag(argv, "--tokenizer")
@@ -54,6 +74,8 @@ def test_hostile_files_raise_typed_errors(cases: List[Case]) -> None:
             checked += 1
             if code == 0:
                 failures.append(f"{klass} / {name}: raised {e!r}")
+            elif not isinstance(e, EXPECTED[code]):
+                failures.append(f"{klass} / {name}: {type(e).__name__}, want {EXPECTED[code].__name__}: {e}")
             elif str(e).strip() == "":
                 failures.append(f"{klass} / {name}: {type(e).__name__} without a message")
         except LlamaError as e:
@@ -64,7 +86,7 @@ def test_hostile_files_raise_typed_errors(cases: List[Case]) -> None:
                 failures.append(f"{klass} / {name}: loaded without an error")
     assert not failures, "\n".join(failures)
     assert checked > 100
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    grown_mb = peak_rss_mb() - rss_before
     assert grown_mb < bad_inputs.RSS_BOUND_MB, f"peak memory grew by {grown_mb:.0f} MB"
 
 

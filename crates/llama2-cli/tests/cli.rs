@@ -441,3 +441,20 @@ fn argument_errors_are_one_line_with_exit_code_2() {
         assert_fails(llama2(args), 2, needle);
     }
 }
+
+#[test]
+fn help_and_version_still_print_and_exit_0() {
+    for args in [
+        &["--help"][..],
+        &["--version"][..],
+        &["bench", "--help"][..],
+    ] {
+        let out = llama2(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+    // No subcommand: the help, on standard error, exit 2 (clap's convention).
+    let out = llama2(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage:"));
+}

@@ -286,6 +286,9 @@ impl ModelArgs {
                 return bad(format!("ffn_dim_multiplier {m} must be positive"));
             }
         }
+        if self.ffn_hidden_dim() == 0 {
+            return bad("ffn_hidden_dim (the FFN width) must be positive".into());
+        }
         if self.ffn_hidden_dim() > MAX_FFN_DIM {
             return bad(format!(
                 "ffn_hidden_dim (the FFN width) {} is over the limit of {MAX_FFN_DIM}",
@@ -450,6 +453,7 @@ mod tests {
             r#"{"n_layers": 1000000000}"#,
             r#"{"vocab_size": 4294967296}"#,
             r#"{"ffn_dim_multiplier": 1e300}"#,
+            r#"{"ffn_dim_multiplier": 1e-300}"#,
             r#"{"multiple_of": 18446744073709551615}"#,
             r#"{"dim": 18446744073709551615, "n_heads": 1}"#,
         ] {

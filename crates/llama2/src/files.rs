@@ -1,6 +1,6 @@
 //! Reading the small files around a model (JSON configs, tokenizers) with a size limit:
-//! a path may name anything, `/dev/zero` or a 50 GB file included, and nothing is
-//! reserved for more bytes than the limit.
+//! a path may name anything, `/dev/zero` or a 50 GB file included, and no more than the
+//! limit (plus one byte) is ever read.
 
 use std::io::Read;
 use std::path::Path;
@@ -14,7 +14,13 @@ pub const MAX_JSON_FILE_BYTES: u64 = 16 << 20;
 /// The bytes of `path`, or an I/O error naming it when it holds more than `limit`.
 pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut bytes = Vec::new();
+    // Sized from the file when it says (a regular file), so the buffer never doubles past
+    // the limit; devices and pipes report 0 and grow as they are read.
+    let size = file
+        .metadata()
+        .map_or(0, |m| m.len())
+        .min(limit.saturating_add(1));
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io(path, e))?;

@@ -25,9 +25,14 @@ const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_
 /// Upper bound on template evaluation steps: templates come from model files.
 const TEMPLATE_FUEL: u64 = 5_000_000;
 
-/// Most bytes a template may write: templates come from model files, and no prompt
-/// that fits a context of [`crate::engine::MAX_CONTEXT`] tokens is longer.
+/// Most bytes a template may write: templates come from model files, and a rendered
+/// prompt is tokenized whole (64 MiB is ~16M tokens of English, far past any context
+/// this engine serves). This bounds what reaches the output; minijinja keeps captured
+/// blocks and `~` concatenations in memory without a bound (see the README).
 const MAX_RENDERED_BYTES: usize = 64 << 20;
+
+/// Longest template source accepted (published chat templates are under 20 KiB).
+const MAX_TEMPLATE_BYTES: usize = 1 << 20;
 
 /// Collects a template's output and stops the rendering past [`MAX_RENDERED_BYTES`].
 #[derive(Default)]
@@ -110,6 +115,13 @@ impl ChatTemplate {
         tok: &Tokenizer,
     ) -> Result<Self, DialogError> {
         let source = source.into();
+        if source.len() > MAX_TEMPLATE_BYTES {
+            return Err(DialogError::Template(format!(
+                "the chat template is {} bytes, more than the {} MiB allowed",
+                source.len(),
+                MAX_TEMPLATE_BYTES >> 20
+            )));
+        }
         environment().template_from_str(&source).map_err(|e| {
             DialogError::Template(format!("the chat template does not compile: {e}"))
         })?;

@@ -147,7 +147,8 @@ fn model_args(path: &Path, cfg: &HfConfig) -> Result<ModelArgs> {
         n_layers: cfg.num_hidden_layers,
         n_heads: cfg.num_attention_heads,
         n_kv_heads: cfg.num_key_value_heads,
-        vocab_size: cfg.vocab_size as i64,
+        vocab_size: i64::try_from(cfg.vocab_size)
+            .map_err(|_| bad(format!("vocab_size {} is out of range", cfg.vocab_size)))?,
         multiple_of: 1,
         ffn_dim_multiplier: None,
         norm_eps: cfg.rms_norm_eps,
@@ -320,11 +321,13 @@ pub fn load_hf_folder(dir: &Path) -> Result<HfModel> {
         return Err(Error::checkpoint(dir, "no config.json in the folder"));
     }
     let raw = read_json(&cfg_path)?;
+    // The configuration is validated before any shard is opened.
+    let (cfg, args) = parse_config(&cfg_path, &raw)?;
     let mut hf = HashMap::new();
     for f in shard_files(dir)? {
         load_safetensors(&f, &mut hf)?;
     }
-    let (weights, cfg) = assemble(&cfg_path, dir, &raw, hf)?;
+    let weights = assemble(&cfg_path, dir, &cfg, args, hf)?;
     let declared_dtype = raw
         .get("dtype")
         .or_else(|| raw.get("torch_dtype"))
@@ -347,26 +350,33 @@ pub fn hf_weights_from_bytes(config_json: &[u8], safetensors: &[&[u8]]) -> Resul
     let cfg_path = dir.join("config.json");
     let raw: Value = serde_json::from_slice(config_json)
         .map_err(|e| Error::checkpoint(&cfg_path, format!("invalid JSON: {e}")))?;
+    let (cfg, args) = parse_config(&cfg_path, &raw)?;
     let mut hf = HashMap::new();
     for bytes in safetensors {
         add_safetensors(&dir.join("model.safetensors"), bytes, &mut hf, |data| {
             Storage::Owned(Arc::new(data.to_vec()))
         })?;
     }
-    Ok(assemble(&cfg_path, dir, &raw, hf)?.0)
+    assemble(&cfg_path, dir, &cfg, args, hf)
 }
 
-/// Checks a parsed `config.json` against the tensors of the safetensors files and
+/// The typed `config.json` and the validated model arguments it describes.
+fn parse_config(cfg_path: &Path, raw: &Value) -> Result<(HfConfig, ModelArgs)> {
+    let cfg: HfConfig = serde_json::from_value(raw.clone())
+        .map_err(|e| Error::checkpoint(cfg_path, format!("invalid config: {e}")))?;
+    let args = model_args(cfg_path, &cfg)?;
+    Ok((cfg, args))
+}
+
+/// Checks the validated configuration against the tensors of the safetensors files and
 /// renames them to Meta's names and layout.
 fn assemble(
     cfg_path: &Path,
     dir: &Path,
-    raw: &Value,
+    cfg: &HfConfig,
+    args: ModelArgs,
     mut hf: HashMap<String, Tensor>,
-) -> Result<(ModelWeights, HfConfig)> {
-    let cfg: HfConfig = serde_json::from_value(raw.clone())
-        .map_err(|e| Error::checkpoint(cfg_path, format!("invalid config: {e}")))?;
-    let args = model_args(cfg_path, &cfg)?;
+) -> Result<ModelWeights> {
     args.check_layers(hf.len(), "num_hidden_layers")
         .map_err(|m| Error::checkpoint(cfg_path, m))?;
     let missing = |n: &str| Error::checkpoint(dir, format!("tensor '{n}' is missing"));
@@ -432,10 +442,9 @@ fn assemble(
             found: embedding.clone(),
         });
     }
-    let weights = ModelWeights {
+    Ok(ModelWeights {
         args,
         tensors,
         vocab_size: cfg.vocab_size,
-    };
-    Ok((weights, cfg))
+    })
 }
