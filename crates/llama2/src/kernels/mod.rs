@@ -599,17 +599,65 @@ pub fn softmax(x: &mut [f32]) {
 /// [`softmax`], inlined into callers compiled for wider vectors. The sum runs in order
 /// and each exponential is libm's: the parity tests with llama.cpp turn on single ulps
 /// here (a lane-wise sum or a polynomial exponential moved greedy tokens).
+///
+/// The exponentials are taken in one pass and summed in the next: the same values added
+/// in the same order, without a call in the middle of the sum's dependency chain.
 #[inline(always)]
 fn softmax_generic(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
     for v in x.iter_mut() {
         *v = (*v - max).exp();
-        sum += *v;
+    }
+    let mut sum = 0.0f32;
+    for &v in x.iter() {
+        sum += v;
     }
     let inv = 1.0 / sum;
     for v in x.iter_mut() {
         *v *= inv;
+    }
+}
+
+/// [`softmax_generic`] of the first `lens[g]` values of each row `g` of `rows` (rows
+/// `row_len` apart), with the same bits: the rows' sums, each still in its own order,
+/// advance side by side, so the adds of different rows overlap instead of waiting on
+/// one another.
+#[inline(always)]
+fn softmax_rows(rows: &mut [f32], row_len: usize, lens: &[usize]) {
+    const LANES: usize = 8;
+    let mut sums = [0.0f32; LANES];
+    let mut rows_left = rows.chunks_exact_mut(row_len).zip(lens);
+    loop {
+        let batch: Vec<(&mut [f32], usize)> = rows_left
+            .by_ref()
+            .take(LANES)
+            .map(|(r, &l)| (&mut r[..l], l))
+            .collect();
+        if batch.is_empty() {
+            break;
+        }
+        let mut batch = batch;
+        for (r, _) in batch.iter_mut() {
+            let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for v in r.iter_mut() {
+                *v = (*v - max).exp();
+            }
+        }
+        let longest = batch.iter().map(|(_, l)| *l).max().unwrap_or(0);
+        sums.fill(0.0);
+        for j in 0..longest {
+            for ((r, l), s) in batch.iter().zip(sums.iter_mut()) {
+                if j < *l {
+                    *s += r[j];
+                }
+            }
+        }
+        for ((r, _), s) in batch.iter_mut().zip(sums) {
+            let inv = 1.0 / s;
+            for v in r.iter_mut() {
+                *v *= inv;
+            }
+        }
     }
 }
 
@@ -694,6 +742,162 @@ pub fn attend_f16(
         // SAFETY: `runnable` keeps `Isa::Avx512*` only where detection found AVX-512F, F16C.
         Isa::Avx512 | Isa::Avx512Vnni => unsafe { attend_f16_avx512(q, kv, scores, scratch, out) },
         _ => attend_f16_with(q, kv, scores, scratch, out, dot4_generic, widen_generic),
+    }
+}
+
+/// [`attend_f16`] for several queries over one KV head (the query heads of a group, for
+/// consecutive tokens of one sequence): every block of cached rows is widened once and
+/// used by all of them, and each query's result has the bits [`attend_f16`] gives it
+/// alone. Query `g` is `queries[g * hd..(g + 1) * hd]` and attends over the first
+/// `lens[g]` rows of `kv` (`kv.len` must be their maximum); its result goes to
+/// `outs[g * hd..(g + 1) * hd]`. `scores` is scratch of at least `lens.len() * kv.len`,
+/// `scratch` of at least `F16_BLOCK * hd`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_f16_group(
+    isa: Isa,
+    hd: usize,
+    queries: &[f32],
+    lens: &[usize],
+    kv: KvHead<'_, u16>,
+    scores: &mut [f32],
+    scratch: &mut [f32],
+    outs: &mut [f32],
+) {
+    let g = lens.len();
+    assert!(queries.len() == g * hd && outs.len() == g * hd && hd > 0);
+    assert!(lens.iter().all(|&l| l > 0 && l <= kv.len) && lens.contains(&kv.len));
+    kv.check(hd, &outs[..hd]);
+    assert!(scratch.len() >= F16_BLOCK * hd && scores.len() >= g * kv.len);
+    match isa.runnable() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `runnable` keeps `Isa::Avx2` only where detection found AVX2 and F16C.
+        Isa::Avx2 => unsafe { attend_f16_group_avx2(hd, queries, lens, kv, scores, scratch, outs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `runnable` keeps `Isa::Avx512*` only where detection found AVX-512F, F16C.
+        Isa::Avx512 | Isa::Avx512Vnni if hd.is_multiple_of(16) => unsafe {
+            attend_f16_group_avx512(hd, queries, lens, kv, scores, scratch, outs)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above; head sizes off the 16-lane grid take the AVX2 arithmetic.
+        Isa::Avx512 | Isa::Avx512Vnni => unsafe {
+            attend_f16_group_avx2(hd, queries, lens, kv, scores, scratch, outs)
+        },
+        _ => attend_f16_group_with(
+            hd,
+            queries,
+            lens,
+            kv,
+            scores,
+            scratch,
+            outs,
+            dot4_generic,
+            widen_generic,
+        ),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn attend_f16_group_avx2(
+    hd: usize,
+    queries: &[f32],
+    lens: &[usize],
+    kv: KvHead<'_, u16>,
+    scores: &mut [f32],
+    scratch: &mut [f32],
+    outs: &mut [f32],
+) {
+    attend_f16_group_with(
+        hd,
+        queries,
+        lens,
+        kv,
+        scores,
+        scratch,
+        outs,
+        dot4_generic,
+        widen_f16c,
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn attend_f16_group_avx512(
+    hd: usize,
+    queries: &[f32],
+    lens: &[usize],
+    kv: KvHead<'_, u16>,
+    scores: &mut [f32],
+    scratch: &mut [f32],
+    outs: &mut [f32],
+) {
+    attend_f16_group_with(
+        hd,
+        queries,
+        lens,
+        kv,
+        scores,
+        scratch,
+        outs,
+        dot4_avx512_checked,
+        widen_f16c,
+    )
+}
+
+/// The body of [`attend_f16_group`]: [`attend_f16_with`]'s blocks, each widened once for
+/// every query that reaches it.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_f16_group_with(
+    hd: usize,
+    queries: &[f32],
+    lens: &[usize],
+    kv: KvHead<'_, u16>,
+    scores: &mut [f32],
+    scratch: &mut [f32],
+    outs: &mut [f32],
+    dot4: impl Fn(&[f32], usize, &[f32], &mut [f32; 4]),
+    widen_row: impl Fn(&[u16], &mut [f32]),
+) {
+    let KvHead {
+        keys,
+        values,
+        stride,
+        offset,
+        len,
+    } = kv;
+    let scores = &mut scores[..lens.len() * len];
+    for j0 in (0..len).step_by(F16_BLOCK) {
+        let j1 = (j0 + F16_BLOCK).min(len);
+        for (j, dst) in (j0..j1).zip(scratch.chunks_exact_mut(hd)) {
+            widen_row(&keys[j * stride + offset..][..hd], dst);
+        }
+        for ((q, &l), s) in queries
+            .chunks_exact(hd)
+            .zip(lens)
+            .zip(scores.chunks_exact_mut(len))
+        {
+            if l > j0 {
+                key_scores(q, scratch, hd, &mut s[j0..j1.min(l)], &dot4);
+            }
+        }
+    }
+    softmax_rows(scores, len, lens);
+    outs.fill(0.0);
+    for j0 in (0..len).step_by(F16_BLOCK) {
+        let j1 = (j0 + F16_BLOCK).min(len);
+        for (j, dst) in (j0..j1).zip(scratch.chunks_exact_mut(hd)) {
+            widen_row(&values[j * stride + offset..][..hd], dst);
+        }
+        for ((out, &l), s) in outs
+            .chunks_exact_mut(hd)
+            .zip(lens)
+            .zip(scores.chunks_exact(len))
+        {
+            if l > j0 {
+                value_sums(&s[j0..j1.min(l)], scratch, hd, out);
+            }
+        }
     }
 }
 
@@ -1240,6 +1444,77 @@ mod tests {
                         .map(|j| e[j] / z * values[j * stride + offset + i] as f64)
                         .sum();
                     assert!((*w as f64 - exact).abs() < 1e-4, "hd {hd} len {len} #{i}");
+                }
+            }
+        }
+    }
+
+    /// Rows of a batch softmax exactly as one by one.
+    #[test]
+    fn softmax_rows_is_softmax_of_each_row() {
+        let lens = [1, 7, 40, 3, 40, 17, 9, 2, 33, 40, 5];
+        let row_len = 40;
+        let data = test_values(lens.len() * row_len, 31);
+        let mut rows: Vec<f32> = data.iter().map(|v| v * 30.0).collect();
+        let mut want = rows.clone();
+        softmax_rows(&mut rows, row_len, &lens);
+        for (g, &l) in lens.iter().enumerate() {
+            softmax(&mut want[g * row_len..g * row_len + l]);
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&rows), bits(&want));
+        // And each row sums to one.
+        for (g, &l) in lens.iter().enumerate() {
+            let s: f32 = rows[g * row_len..g * row_len + l].iter().sum();
+            assert!((s - 1.0).abs() < 1e-5, "row {g}: {s}");
+        }
+    }
+
+    /// Grouped f16 attention gives every query the bits it gets alone, on every
+    /// instruction set (queries of several lengths, across the widening blocks).
+    #[test]
+    fn grouped_f16_attention_is_each_query_alone() {
+        for hd in [64, 48, 128] {
+            let (stride, offset) = (2 * hd, hd);
+            let len = 70;
+            let mut k16 = vec![0u16; len * stride];
+            let mut v16 = vec![0u16; len * stride];
+            convert::f32_to_f16(&test_values(len * stride, 21), &mut k16);
+            convert::f32_to_f16(&test_values(len * stride, 23), &mut v16);
+            let lens = [1, 31, 32, 33, 69, 70, 5, 64];
+            let queries = test_values(lens.len() * hd, 25);
+            let kv = |len| KvHead {
+                keys: &k16[..],
+                values: &v16[..],
+                stride,
+                offset,
+                len,
+            };
+            for isa in Isa::available() {
+                let mut outs = vec![f32::NAN; lens.len() * hd];
+                let mut scores = vec![0.0f32; lens.len() * len];
+                let mut scratch = vec![0.0f32; F16_BLOCK * hd];
+                attend_f16_group(
+                    isa,
+                    hd,
+                    &queries,
+                    &lens,
+                    kv(len),
+                    &mut scores,
+                    &mut scratch,
+                    &mut outs,
+                );
+                for (g, &l) in lens.iter().enumerate() {
+                    let mut want = vec![0.0f32; hd];
+                    let mut s = vec![0.0f32; l];
+                    let q = &queries[g * hd..(g + 1) * hd];
+                    attend_f16(Isa::Baseline, q, kv(l), &mut s, &mut scratch, &mut want);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&outs[g * hd..(g + 1) * hd]),
+                        bits(&want),
+                        "{isa:?} hd {hd} query {g} len {l}"
+                    );
                 }
             }
         }

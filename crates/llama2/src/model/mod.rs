@@ -54,6 +54,10 @@ pub struct Workspace {
     k: Vec<f32>,
     v: Vec<f32>,
     att: Vec<f32>,
+    /// Attention results of the grouped f16 path, per (run of tokens, kv head).
+    att_grouped: Vec<f32>,
+    /// Runs of consecutive tokens of one sequence (grouped f16 attention).
+    runs: Vec<(usize, usize)>,
     proj: Vec<f32>,
     h1: Vec<f32>,
     h3: Vec<f32>,
@@ -90,6 +94,89 @@ pub struct SeqChunk<'a> {
     pub tokens: &'a [u32],
     /// Return logits for every token (true) or only the last one (false).
     pub all_logits: bool,
+}
+
+/// Tokens of one sequence whose query heads attend together in one task of
+/// [`grouped_f16_attention`] (with the heads of a group: 8 x 3 = 24 queries for
+/// SmolLM2, each block of the cache widened once for all of them).
+const ATTENTION_RUN: usize = 8;
+
+/// Prompt attention over an f16 cache: one task per (run of up to [`ATTENTION_RUN`]
+/// consecutive tokens of one sequence, kv head) through [`kernels::attend_f16_group`],
+/// which gives each query the bits [`kernels::attend_f16`] gives it alone; the results
+/// are then put in `att`'s (token, head) layout.
+#[allow(clippy::too_many_arguments)]
+fn grouped_f16_attention(
+    pool: &WorkerPool,
+    isa: kernels::Isa,
+    kv: &KvPool,
+    layer: usize,
+    places: &[(usize, usize)],
+    q: &[f32],
+    (n_kv, group, hd): (usize, usize, usize),
+    runs: &mut Vec<(usize, usize)>,
+    grouped: &mut Vec<f32>,
+    att: &mut [f32],
+) {
+    let n = places.len();
+    let (q_dim, kv_dim) = (n_kv * group * hd, n_kv * hd);
+    runs.clear();
+    let mut t0 = 0;
+    for t in 1..=n {
+        if t == n || places[t].0 != places[t0].0 || t - t0 == ATTENTION_RUN {
+            runs.push((t0, t));
+            t0 = t;
+        }
+    }
+    let chunk = ATTENTION_RUN * group * hd;
+    let grouped = zeroed(grouped, runs.len() * n_kv * chunk);
+    let runs = &runs[..];
+    pool.for_each_chunk_mut(grouped, chunk, &|idx, out| {
+        let (r, kvh) = (idx / n_kv, idx % n_kv);
+        let (t0, t1) = runs[r];
+        let Some((kv::KvRows::F16(keys), kv::KvRows::F16(values))) = kv.layer(places[t0].0, layer)
+        else {
+            unreachable!("an f16 cache, slot mapped above");
+        };
+        let g = (t1 - t0) * group;
+        let mut queries = Vec::with_capacity(g * hd);
+        let mut lens = Vec::with_capacity(g);
+        for (t, &(_, pos)) in places.iter().enumerate().take(t1).skip(t0) {
+            let heads = t * q_dim + kvh * group * hd;
+            queries.extend_from_slice(&q[heads..heads + group * hd]);
+            lens.extend(std::iter::repeat_n(pos + 1, group));
+        }
+        let len = lens.iter().copied().max().unwrap_or(1);
+        let mut scores = vec![0.0f32; g * len];
+        let mut scratch = vec![0.0f32; kernels::F16_BLOCK * hd];
+        let head = kernels::KvHead {
+            keys,
+            values,
+            stride: kv_dim,
+            offset: kvh * hd,
+            len,
+        };
+        kernels::attend_f16_group(
+            isa,
+            hd,
+            &queries,
+            &lens,
+            head,
+            &mut scores,
+            &mut scratch,
+            &mut out[..g * hd],
+        );
+    });
+    for (r, &(t0, t1)) in runs.iter().enumerate() {
+        for kvh in 0..n_kv {
+            let src = &grouped[(r * n_kv + kvh) * chunk..];
+            for (i, t) in (t0..t1).enumerate() {
+                let dst = t * q_dim + kvh * group * hd;
+                let from = i * group * hd;
+                att[dst..dst + group * hd].copy_from_slice(&src[from..from + group * hd]);
+            }
+        }
+    }
 }
 
 impl Transformer {
@@ -277,6 +364,8 @@ impl Transformer {
             k,
             v,
             att,
+            att_grouped,
+            runs,
             proj,
             h1,
             h3,
@@ -320,41 +409,60 @@ impl Transformer {
             }
             let kv_ref = &*kv;
             let q = &*q;
-            // One task per (token, query head), each writing its own `hd` outputs.
-            pool.for_each_chunk_mut(att, hd, &|idx, out| {
-                let (t, h) = (idx / n_heads, idx % n_heads);
-                let (slot, pos) = places[t];
-                let (keys, values) = kv_ref.layer(slot, layer).expect("slot mapped above");
-                let q_head = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                let offset = (h / group) * hd;
-                let len = pos + 1;
-                match (keys, values) {
-                    (kv::KvRows::F32(keys), kv::KvRows::F32(values)) => {
-                        let mut scores = vec![0.0f32; len];
-                        let head = kernels::KvHead {
-                            keys,
-                            values,
-                            stride: kv_dim,
-                            offset,
-                            len,
-                        };
-                        kernels::attend(isa, q_head, head, &mut scores, out)
+            let f16_cache = matches!(
+                kv_ref.layer(places[0].0, layer),
+                Some((kv::KvRows::F16(_), _))
+            );
+            if f16_cache && n > 1 {
+                grouped_f16_attention(
+                    pool,
+                    isa,
+                    kv_ref,
+                    layer,
+                    places,
+                    q,
+                    (n_kv, group, hd),
+                    runs,
+                    att_grouped,
+                    att,
+                );
+            } else {
+                // One task per (token, query head), each writing its own `hd` outputs.
+                pool.for_each_chunk_mut(att, hd, &|idx, out| {
+                    let (t, h) = (idx / n_heads, idx % n_heads);
+                    let (slot, pos) = places[t];
+                    let (keys, values) = kv_ref.layer(slot, layer).expect("slot mapped above");
+                    let q_head = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                    let offset = (h / group) * hd;
+                    let len = pos + 1;
+                    match (keys, values) {
+                        (kv::KvRows::F32(keys), kv::KvRows::F32(values)) => {
+                            let mut scores = vec![0.0f32; len];
+                            let head = kernels::KvHead {
+                                keys,
+                                values,
+                                stride: kv_dim,
+                                offset,
+                                len,
+                            };
+                            kernels::attend(isa, q_head, head, &mut scores, out)
+                        }
+                        (kv::KvRows::F16(keys), kv::KvRows::F16(values)) => {
+                            let mut scratch = vec![0.0f32; len + kernels::F16_BLOCK * hd];
+                            let (scores, widened) = scratch.split_at_mut(len);
+                            let head = kernels::KvHead {
+                                keys,
+                                values,
+                                stride: kv_dim,
+                                offset,
+                                len,
+                            };
+                            kernels::attend_f16(isa, q_head, head, scores, widened, out)
+                        }
+                        _ => unreachable!("keys and values share one storage type"),
                     }
-                    (kv::KvRows::F16(keys), kv::KvRows::F16(values)) => {
-                        let mut scratch = vec![0.0f32; len + kernels::F16_BLOCK * hd];
-                        let (scores, widened) = scratch.split_at_mut(len);
-                        let head = kernels::KvHead {
-                            keys,
-                            values,
-                            stride: kv_dim,
-                            offset,
-                            len,
-                        };
-                        kernels::attend_f16(isa, q_head, head, scores, widened, out)
-                    }
-                    _ => unreachable!("keys and values share one storage type"),
-                }
-            });
+                });
+            }
             kernels::matmul_with(pool, &b.wo, att, proj, self.precision);
             add_in_place(x, proj);
 
