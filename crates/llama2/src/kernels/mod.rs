@@ -624,37 +624,43 @@ fn softmax_generic(x: &mut [f32]) {
 /// one another.
 #[inline(always)]
 fn softmax_rows(rows: &mut [f32], row_len: usize, lens: &[usize]) {
-    const LANES: usize = 8;
-    let mut sums = [0.0f32; LANES];
-    let mut rows_left = rows.chunks_exact_mut(row_len).zip(lens);
-    loop {
-        let batch: Vec<(&mut [f32], usize)> = rows_left
-            .by_ref()
-            .take(LANES)
-            .map(|(r, &l)| (&mut r[..l], l))
-            .collect();
-        if batch.is_empty() {
-            break;
+    const SIDE_BY_SIDE: usize = 8;
+    for (r, &l) in rows.chunks_exact_mut(row_len).zip(lens) {
+        let r = &mut r[..l];
+        let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for v in r.iter_mut() {
+            *v = (*v - max).exp();
         }
-        let mut batch = batch;
-        for (r, _) in batch.iter_mut() {
-            let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            for v in r.iter_mut() {
-                *v = (*v - max).exp();
+    }
+    for (block, lens) in rows
+        .chunks_mut(SIDE_BY_SIDE * row_len)
+        .zip(lens.chunks(SIDE_BY_SIDE))
+    {
+        let mut sums = [0.0f32; SIDE_BY_SIDE];
+        // Positions every row of the block has, the rows' adds interleaved...
+        let common = lens.iter().copied().min().unwrap_or(0);
+        if lens.len() == SIDE_BY_SIDE {
+            for j in 0..common {
+                for (i, s) in sums.iter_mut().enumerate() {
+                    *s += block[i * row_len + j];
+                }
             }
-        }
-        let longest = batch.iter().map(|(_, l)| *l).max().unwrap_or(0);
-        sums.fill(0.0);
-        for j in 0..longest {
-            for ((r, l), s) in batch.iter().zip(sums.iter_mut()) {
-                if j < *l {
-                    *s += r[j];
+        } else {
+            for j in 0..common {
+                for (i, s) in sums.iter_mut().enumerate().take(lens.len()) {
+                    *s += block[i * row_len + j];
                 }
             }
         }
-        for ((r, _), s) in batch.iter_mut().zip(sums) {
+        // ...then each row's remaining positions, still in order.
+        for (i, (&l, s)) in lens.iter().zip(sums.iter_mut()).enumerate() {
+            for &v in &block[i * row_len + common..i * row_len + l] {
+                *s += v;
+            }
+        }
+        for (i, (&l, s)) in lens.iter().zip(sums).enumerate() {
             let inv = 1.0 / s;
-            for v in r.iter_mut() {
+            for v in &mut block[i * row_len..i * row_len + l] {
                 *v *= inv;
             }
         }
