@@ -604,10 +604,14 @@ pub fn softmax(x: &mut [f32]) {
 /// in the same order, without a call in the middle of the sum's dependency chain.
 #[inline(always)]
 fn softmax_generic(x: &mut [f32]) {
+    softmax_with(x, exp_shifted_generic)
+}
+
+/// [`softmax_generic`] with `exp_shifted` taking the exponentials (same bits).
+#[inline(always)]
+fn softmax_with(x: &mut [f32], exp_shifted: impl Fn(&mut [f32], f32)) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-    }
+    exp_shifted(x, max);
     let mut sum = 0.0f32;
     for &v in x.iter() {
         sum += v;
@@ -623,14 +627,17 @@ fn softmax_generic(x: &mut [f32]) {
 /// advance side by side, so the adds of different rows overlap instead of waiting on
 /// one another.
 #[inline(always)]
-fn softmax_rows(rows: &mut [f32], row_len: usize, lens: &[usize]) {
+fn softmax_rows(
+    rows: &mut [f32],
+    row_len: usize,
+    lens: &[usize],
+    exp_shifted: impl Fn(&mut [f32], f32),
+) {
     const SIDE_BY_SIDE: usize = 8;
     for (r, &l) in rows.chunks_exact_mut(row_len).zip(lens) {
         let r = &mut r[..l];
         let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        for v in r.iter_mut() {
-            *v = (*v - max).exp();
-        }
+        exp_shifted(r, max);
     }
     for (block, lens) in rows
         .chunks_mut(SIDE_BY_SIDE * row_len)
@@ -665,6 +672,134 @@ fn softmax_rows(rows: &mut [f32], row_len: usize, lens: &[usize]) {
             }
         }
     }
+}
+
+/// `x[i] = exp(x[i] - max)`, each exponential libm's `f32::exp`.
+#[inline(always)]
+fn exp_shifted_generic(x: &mut [f32], max: f32) {
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+    }
+}
+
+/// glibc's `expf` table (`__exp2f_data.tab`: 2^(i/32) with the index bits folded out).
+#[cfg(target_arch = "x86_64")]
+const EXP2F_TABLE: [u64; 32] = [
+    0x3ff0000000000000,
+    0x3fefd9b0d3158574,
+    0x3fefb5586cf9890f,
+    0x3fef9301d0125b51,
+    0x3fef72b83c7d517b,
+    0x3fef54873168b9aa,
+    0x3fef387a6e756238,
+    0x3fef1e9df51fdee1,
+    0x3fef06fe0a31b715,
+    0x3feef1a7373aa9cb,
+    0x3feedea64c123422,
+    0x3feece086061892d,
+    0x3feebfdad5362a27,
+    0x3feeb42b569d4f82,
+    0x3feeab07dd485429,
+    0x3feea47eb03a5585,
+    0x3feea09e667f3bcd,
+    0x3fee9f75e8ec5f74,
+    0x3feea11473eb0187,
+    0x3feea589994cce13,
+    0x3feeace5422aa0db,
+    0x3feeb737b0cdc5e5,
+    0x3feec49182a3f090,
+    0x3feed503b23e255d,
+    0x3feee89f995ad3ad,
+    0x3feeff76f2fb5e47,
+    0x3fef199bdd85529c,
+    0x3fef3720dcef9069,
+    0x3fef5818dcfba487,
+    0x3fef7c97337b9b5f,
+    0x3fefa4afa2a490da,
+    0x3fefd0765b6e4540,
+];
+
+/// [`exp_shifted_generic`] sixteen lanes at a time: glibc's `expf` algorithm (double
+/// precision, a 32-entry table and a cubic; the FMA variant x86-64 glibc runs on every
+/// CPU with AVX-512), operation for operation, so each value has the bits `f32::exp`
+/// gives on such a system (tested against it). Lanes glibc sends down its special path
+/// (|x| of 88 and more, infinities, NaN) are taken by `f32::exp` itself.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn exp_shifted_avx512_checked(x: &mut [f32], max: f32) {
+    // SAFETY: only inlined into functions compiled with AVX-512F, which run only where
+    // detection found it; `exp_shifted_avx512` reads and writes inside `x` only.
+    unsafe { exp_shifted_avx512(x, max) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_shifted_avx512(x: &mut [f32], max: f32) {
+    use std::arch::x86_64::*;
+    let table = |i: usize| {
+        // SAFETY: eight of the 32 entries from `i` (i is 0, 8, 16 or 24).
+        unsafe { _mm512_loadu_pd(EXP2F_TABLE.as_ptr().add(i).cast::<f64>()) }
+    };
+    let (t0, t1, t2, t3) = (table(0), table(8), table(16), table(24));
+    let invln2n = _mm512_set1_pd(f64::from_bits(0x40471547652b82fe));
+    let shift = _mm512_set1_pd(f64::from_bits(0x4338000000000000));
+    let c0 = _mm512_set1_pd(f64::from_bits(0x3ebc6af84b912394));
+    let c1 = _mm512_set1_pd(f64::from_bits(0x3f2ebfce50fac4f3));
+    let c2 = _mm512_set1_pd(f64::from_bits(0x3f962e42ff0c52d6));
+    let one = _mm512_set1_pd(1.0);
+    // glibc's main path for eight values (its statements, with the contractions into
+    // fused multiply-adds its FMA build makes).
+    let exp8 = |xd: __m512d| -> __m256 {
+        let kd = _mm512_fmadd_pd(invln2n, xd, shift);
+        let ki = _mm512_castpd_si512(kd);
+        let kd = _mm512_sub_pd(kd, shift);
+        let r = _mm512_fmsub_pd(invln2n, xd, kd);
+        let idx = _mm512_and_si512(ki, _mm512_set1_epi64(31));
+        let low = _mm512_permutex2var_pd(t0, idx, t1);
+        let high = _mm512_permutex2var_pd(t2, idx, t3);
+        let upper = _mm512_test_epi64_mask(idx, _mm512_set1_epi64(16));
+        let t = _mm512_castpd_si512(_mm512_mask_blend_pd(upper, low, high));
+        let s = _mm512_castsi512_pd(_mm512_add_epi64(t, _mm512_slli_epi64::<47>(ki)));
+        let z = _mm512_fmadd_pd(c0, r, c1);
+        let r2 = _mm512_mul_pd(r, r);
+        let y = _mm512_fmadd_pd(r, c2, one);
+        let y = _mm512_fmadd_pd(z, r2, y);
+        _mm512_cvtpd_ps(_mm512_mul_pd(y, s))
+    };
+    let m = _mm512_set1_ps(max);
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: elements `i..i + 16` lie inside `x` (`i + 16 <= n`).
+        let v = _mm512_sub_ps(unsafe { _mm512_loadu_ps(p.add(i)) }, m);
+        let lo = exp8(_mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+        let hi = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v));
+        let hi = exp8(_mm512_cvtps_pd(_mm256_castpd_ps(hi)));
+        let both = _mm512_insertf64x4::<1>(
+            _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+            _mm256_castps_pd(hi),
+        );
+        // SAFETY: as for the load.
+        unsafe { _mm512_storeu_ps(p.add(i), _mm512_castpd_ps(both)) };
+        let top = _mm512_and_si512(
+            _mm512_srli_epi32::<20>(_mm512_castps_si512(v)),
+            _mm512_set1_epi32(0x7ff),
+        );
+        let special = _mm512_cmpgt_epi32_mask(top, _mm512_set1_epi32(0x42a));
+        if special != 0 {
+            let mut lanes = [0.0f32; 16];
+            // SAFETY: `lanes` holds sixteen floats.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
+            for (l, &d) in lanes.iter().enumerate() {
+                if special & (1 << l) != 0 {
+                    x[i + l] = d.exp();
+                }
+            }
+        }
+        i += 16;
+    }
+    exp_shifted_generic(&mut x[i..], max);
 }
 
 /// SwiGLU gate in place: `gate = silu(gate) * up`.
@@ -798,6 +933,7 @@ pub fn attend_f16_group(
             outs,
             dot4_generic,
             widen_generic,
+            exp_shifted_generic,
         ),
     }
 }
@@ -823,6 +959,7 @@ unsafe fn attend_f16_group_avx2(
         outs,
         dot4_generic,
         widen_f16c,
+        exp_shifted_generic,
     )
 }
 
@@ -847,6 +984,7 @@ unsafe fn attend_f16_group_avx512(
         outs,
         dot4_avx512_checked,
         widen_f16c,
+        exp_shifted_avx512_checked,
     )
 }
 
@@ -864,6 +1002,7 @@ fn attend_f16_group_with(
     outs: &mut [f32],
     dot4: impl Fn(&[f32], usize, &[f32], &mut [f32; 4]),
     widen_row: impl Fn(&[u16], &mut [f32]),
+    exp_shifted: impl Fn(&mut [f32], f32),
 ) {
     let KvHead {
         keys,
@@ -888,7 +1027,7 @@ fn attend_f16_group_with(
             }
         }
     }
-    softmax_rows(scores, len, lens);
+    softmax_rows(scores, len, lens, exp_shifted);
     outs.fill(0.0);
     for j0 in (0..len).step_by(F16_BLOCK) {
         let j1 = (j0 + F16_BLOCK).min(len);
@@ -1030,7 +1169,7 @@ unsafe fn attend_f16_avx512_direct(
         dot::dot_rows_strided_generic::<1>(row, hd, hd, q, &mut r[..1]);
         *s = r[0] * scale;
     }
-    softmax_generic(scores);
+    softmax_with(scores, exp_shifted_avx512_checked);
     let values = &values[offset..];
     assert!(values.len() >= (len - 1) * stride + hd && out.len() == hd);
     // SAFETY: AVX-512F and F16C are enabled here; every row read lies inside `values`
@@ -1455,6 +1594,54 @@ mod tests {
         }
     }
 
+    /// The sixteen-lane exponential has libm's bits (glibc's FMA `expf`, which x86-64
+    /// glibc uses on every CPU with AVX-512) over the whole range softmax feeds it and
+    /// on the special values.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn sixteen_lane_exp_is_libm_s() {
+        if !Isa::available().contains(&Isa::Avx512) {
+            eprintln!("no AVX-512 here: the sixteen-lane exponential is not run");
+            return;
+        }
+        // Every 37th float from 0 down to -inf (2^31 / 37 values), then specials.
+        let mut xs: Vec<f32> = (0..(0xff80_0000u32 - 0x8000_0000) / 37)
+            .map(|k| f32::from_bits(0x8000_0000 + 37 * k))
+            .collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -88.0,
+            -88.7,
+            -103.0,
+            -103.5,
+            -104.0,
+            -150.0,
+            1e-30,
+            88.0,
+            88.8,
+            f32::INFINITY,
+            5.5,
+            1.0,
+        ]);
+        for max in [0.0f32, 2.5, -1.25] {
+            let mut got = xs.clone();
+            // SAFETY: AVX-512F was detected above.
+            unsafe { exp_shifted_avx512(&mut got, max) };
+            for (x, g) in xs.iter().zip(&got) {
+                let want = (x - max).exp();
+                assert!(
+                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                    "exp({x} - {max}): {g:e} ({:#x}) != {want:e} ({:#x})",
+                    g.to_bits(),
+                    want.to_bits()
+                );
+            }
+        }
+    }
+
     /// Rows of a batch softmax exactly as one by one.
     #[test]
     fn softmax_rows_is_softmax_of_each_row() {
@@ -1463,7 +1650,7 @@ mod tests {
         let data = test_values(lens.len() * row_len, 31);
         let mut rows: Vec<f32> = data.iter().map(|v| v * 30.0).collect();
         let mut want = rows.clone();
-        softmax_rows(&mut rows, row_len, &lens);
+        softmax_rows(&mut rows, row_len, &lens, exp_shifted_generic);
         for (g, &l) in lens.iter().enumerate() {
             softmax(&mut want[g * row_len..g * row_len + l]);
         }
