@@ -724,14 +724,25 @@ const EXP2F_TABLE: [u64; 32] = [
 /// CPU with AVX-512), operation for operation, so each value has the bits `f32::exp`
 /// gives on such a system (tested against it). Lanes glibc sends down its special path
 /// (|x| of 88 and more, infinities, NaN) are taken by `f32::exp` itself.
+///
+/// Used only with glibc (Linux, GNU): elsewhere `f32::exp` is another library's, and the
+/// AVX-512 paths take [`exp_shifted_generic`] so that every instruction set keeps giving
+/// the same bits. (glibc picks its FMA `expf` on every CPU with AVX-512 unless told
+/// otherwise through `GLIBC_TUNABLES`.)
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn exp_shifted_avx512_checked(x: &mut [f32], max: f32) {
-    // SAFETY: only inlined into functions compiled with AVX-512F, which run only where
-    // detection found it; `exp_shifted_avx512` reads and writes inside `x` only.
-    unsafe { exp_shifted_avx512(x, max) }
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        // SAFETY: only inlined into functions compiled with AVX-512F, which run only
+        // where detection found it; `exp_shifted_avx512` reads and writes inside `x`.
+        unsafe { exp_shifted_avx512(x, max) }
+    } else {
+        exp_shifted_generic(x, max)
+    }
 }
 
+/// # Safety
+/// AVX-512F must be available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn exp_shifted_avx512(x: &mut [f32], max: f32) {
@@ -793,7 +804,9 @@ unsafe fn exp_shifted_avx512(x: &mut [f32], max: f32) {
             unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
             for (l, &d) in lanes.iter().enumerate() {
                 if special & (1 << l) != 0 {
-                    x[i + l] = d.exp();
+                    // SAFETY: `i + l < i + 16 <= n`; written through `p`, as the vector
+                    // stores are.
+                    unsafe { *p.add(i + l) = d.exp() };
                 }
             }
         }

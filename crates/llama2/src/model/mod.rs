@@ -101,8 +101,9 @@ pub struct SeqChunk<'a> {
 /// SmolLM2, each block of the cache widened once for all of them).
 const ATTENTION_RUN: usize = 8;
 
-/// Prompt attention over an f16 cache: one task per (run of up to [`ATTENTION_RUN`]
-/// consecutive tokens of one sequence, kv head) through [`kernels::attend_f16_group`],
+/// Attention over an f16 cache for a step holding prompt tokens (a whole prompt, or
+/// pieces of prompts beside other sequences' decode tokens): one task per (run of up to
+/// [`ATTENTION_RUN`] consecutive tokens of one sequence, kv head) through [`kernels::attend_f16_group`],
 /// which gives each query the bits [`kernels::attend_f16`] gives it alone; the results
 /// are then put in `att`'s (token, head) layout.
 #[allow(clippy::too_many_arguments)]
@@ -409,11 +410,10 @@ impl Transformer {
             }
             let kv_ref = &*kv;
             let q = &*q;
-            let f16_cache = matches!(
-                kv_ref.layer(places[0].0, layer),
-                Some((kv::KvRows::F16(_), _))
-            );
-            if f16_cache && n > 1 {
+            // Grouped when some sequence brings several tokens (a prompt or a piece of
+            // one); a batch of one decode token per sequence keeps one task per head.
+            let several = places.windows(2).any(|w| w[0].0 == w[1].0);
+            if kv_ref.kv_type() == KvType::F16 && several {
                 grouped_f16_attention(
                     pool,
                     isa,
