@@ -75,6 +75,9 @@ INTERRUPT = textwrap.dedent(
     """
     import os, signal, sys, threading, time
     from llama import Llama
+    # Python leaves SIGINT ignored when it starts ignored (a background job of a
+    # non-interactive shell, as CI may run it): raise KeyboardInterrupt regardless.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     g = Llama.build(sys.argv[1], sys.argv[2], 4096, 4, threads=1)
     mode = sys.argv[3]
     threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
