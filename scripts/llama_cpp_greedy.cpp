@@ -6,7 +6,7 @@
 // Greedy mode (prints one JSON object on stdout):
 //   llama-cpp-greedy -m MODEL.gguf (-p TEXT | -f PROMPT_FILE) [-n 48] [--threads 1]
 //                    [--add-special auto|0|1] [--no-parse-special] [--ignore-eos]
-//                    [--no-repack] [--verbose]
+//                    [--no-repack] [--flash-attn auto|on|off] [--verbose]
 //   The prompt is tokenized with special-token parsing on (unless --no-parse-special) and
 //   add_special as the model's metadata says (tokenizer.ggml.add_bos_token etc.) unless
 //   overridden; the JSON says what was used. The prompt is evaluated in one batch, then N
@@ -165,7 +165,7 @@ static std::string fmt_float(float f) {
 static void usage(const char * argv0) {
     fprintf(stderr,
             "usage: %s -m MODEL.gguf (-p TEXT | -f FILE) [-n 48] [--threads 1] [--add-special auto|0|1]\n"
-            "          [--no-parse-special] [--ignore-eos] [--no-repack] [--verbose]\n"
+            "          [--no-parse-special] [--ignore-eos] [--no-repack] [--flash-attn auto|on|off] [--verbose]\n"
             "       %s -m MODEL.gguf --tokenize-only --input-hex FILE [--add-special auto|0|1]\n",
             argv0, argv0);
 }
@@ -182,6 +182,7 @@ int main(int argc, char ** argv) {
     bool ignore_eos = false;
     bool tokenize_only = false;
     bool no_repack = false;
+    std::string flash_attn = "auto";
 
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
@@ -198,6 +199,7 @@ int main(int argc, char ** argv) {
         else if (a == "--no-parse-special") parse_special = false;
         else if (a == "--ignore-eos") ignore_eos = true;
         else if (a == "--no-repack") no_repack = true;
+        else if (a == "--flash-attn") flash_attn = next();
         else if (a == "--tokenize-only") tokenize_only = true;
         else if (a == "--input-hex") input_hex = next();
         else if (a == "--verbose") g_verbose = true;
@@ -259,6 +261,8 @@ int main(int argc, char ** argv) {
     cparams.n_threads = n_threads;
     cparams.n_threads_batch = n_threads;
     cparams.no_perf = true;
+    cparams.flash_attn_type = flash_attn == "on" ? LLAMA_FLASH_ATTN_TYPE_ENABLED
+                            : flash_attn == "off" ? LLAMA_FLASH_ATTN_TYPE_DISABLED : LLAMA_FLASH_ATTN_TYPE_AUTO;
     llama_context * ctx = llama_init_from_model(model, cparams);
     if (!ctx) { fprintf(stderr, "error: failed to create context\n"); return 1; }
 
@@ -299,6 +303,7 @@ int main(int argc, char ** argv) {
     printf("  \"system_info\": %s,\n", json_str(llama_print_system_info()).c_str());
     printf("  \"n_threads\": %d,\n", n_threads);
     printf("  \"repack\": %s,\n", no_repack ? "false" : "true");
+    printf("  \"flash_attn\": \"%s\",\n", flash_attn.c_str());
     printf("  \"prompt\": %s,\n", json_str(prompt).c_str());
     printf("  \"add_special\": %s,\n", add_special ? "true" : "false");
     printf("  \"add_special_source\": %s,\n", json_str(add_special_opt == "auto" ? "model metadata" : "command line").c_str());

