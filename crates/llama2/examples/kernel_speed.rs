@@ -1,7 +1,10 @@
 //! Throughput of the quantized matrix products (one thread unless told): a 7B-sized FFN
 //! matrix, repeated over enough copies to stream from memory rather than cache.
 //!
-//! `cargo run --release -p llama2 --example kernel_speed [q4_0|q4_1|q8_0] [tokens] [copies] [threads]`
+//! `cargo run --release -p llama2 --example kernel_speed [q4_0|q4_1|q8_0|q4_k|q5_k|q6_k] [tokens] [copies] [threads] [rows] [cols]`
+//!
+//! K-quant matrices are random bytes with small positive f16 scales (no quantizer for
+//! them here); the timing does not depend on the values.
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,11 +17,15 @@ fn main() {
     let dtype = match args.get(1).map(String::as_str) {
         Some("q4_1") => DType::Q4_1,
         Some("q8_0") => DType::Q8_0,
+        Some("q4_k") => DType::Q4_K,
+        Some("q5_k") => DType::Q5_K,
+        Some("q6_k") => DType::Q6_K,
         _ => DType::Q4_0,
     };
     let n: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1);
     let copies: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(8);
-    let (rows, cols) = (11008, 4096);
+    let rows: usize = args.get(5).and_then(|v| v.parse().ok()).unwrap_or(11008);
+    let cols: usize = args.get(6).and_then(|v| v.parse().ok()).unwrap_or(4096);
     let mut seed = 1u64;
     let vals: Vec<f32> = (0..rows * cols)
         .map(|_| {
@@ -29,7 +36,24 @@ fn main() {
         })
         .collect();
     let mut bytes = Vec::new();
-    quant::quantize(dtype, &vals, &mut bytes).unwrap();
+    if matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K) {
+        let bb = dtype.block_bytes();
+        bytes = vals
+            .iter()
+            .take(rows * cols / 256 * bb)
+            .map(|v| (v.to_bits() >> 7) as u8)
+            .collect();
+        let scale = half::f16::from_f32(0.001).to_bits().to_le_bytes();
+        for blk in bytes.chunks_exact_mut(bb) {
+            let at = if dtype == DType::Q6_K { 208 } else { 0 };
+            blk[at..at + 2].copy_from_slice(&scale);
+            if dtype != DType::Q6_K {
+                blk[2..4].copy_from_slice(&scale);
+            }
+        }
+    } else {
+        quant::quantize(dtype, &vals, &mut bytes).unwrap();
+    }
     let mats: Vec<Matrix> = (0..copies)
         .map(|_| {
             Matrix::new(Tensor {

@@ -364,30 +364,45 @@ fn float_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut)
     }
 }
 
-/// Rows `r0..r1` of a K-quant product, each row meeting the tokens
-/// [`kquant::tokens_per_call`] at a time.
+/// Rows `r0..r1` of a K-quant product, [`kquant::tile`]'s rows meeting its tokens per
+/// kernel call.
 fn kquant_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut) {
     let (rows, n) = (w.rows, io.n);
     let simd = io.isa;
-    let per_call = kquant::tokens_per_call(simd);
-    let mut res = [0.0f32; kquant::MAX_TOKENS];
+    let (per_rows, per_tokens) = kquant::tile(simd);
+    let row_bytes = w.dtype().row_bytes(w.cols).unwrap_or(0);
+    let mut res = [0.0f32; kquant::MAX_TOKENS * 2];
     for t0 in (0..n).step_by(TOKEN_TILE) {
         let t1 = (t0 + TOKEN_TILE).min(n);
-        for r in r0..r1 {
-            let row = w.row_bytes(r, r + 1);
+        let mut r = r0;
+        while r < r1 {
+            // Whole tiles of rows, then one row at a time (and the tokens likewise).
+            let nr = if r + per_rows <= r1 { per_rows } else { 1 };
+            let bytes = w.row_bytes(r, r + nr);
             let mut t = t0;
             while t < t1 {
-                let nt = per_call.min(t1 - t);
+                let nt = if t + per_tokens <= t1 {
+                    per_tokens
+                } else {
+                    kquant::tokens_per_call(simd).min(t1 - t)
+                };
                 let refs: [&[kquant::Q8KBlock]; kquant::MAX_TOKENS] =
                     std::array::from_fn(|i| io.acts_k[t + i.min(nt - 1)].as_slice());
-                kquant::dot_row_with(simd, w.dtype(), row, &refs[..nt], &mut res);
-                for (i, v) in res[..nt].iter().enumerate() {
-                    // SAFETY: `t + i < n` and `r < r1 <= rows`: inside the output (n * rows
-                    // long); tasks own disjoint row ranges.
-                    unsafe { *out.at((t + i) * rows + r) = *v };
+                if nr == 1 {
+                    kquant::dot_row_with(simd, w.dtype(), bytes, &refs[..nt], &mut res);
+                } else {
+                    kquant::dot_rows_with(simd, w.dtype(), bytes, row_bytes, &refs[..nt], &mut res);
+                }
+                for i in 0..nr {
+                    for (j, v) in res[i * nt..(i + 1) * nt].iter().enumerate() {
+                        // SAFETY: `t + j < n` and `r + i < r1 <= rows`: inside the output
+                        // (n * rows long); tasks own disjoint row ranges.
+                        unsafe { *out.at((t + j) * rows + r + i) = *v };
+                    }
                 }
                 t += nt;
             }
+            r += nr;
         }
     }
 }
