@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the peer, llama.cpp, reproducibly from the source vendored in the
-# llama-cpp-python sdist on PyPI, plus our own tool scripts/llama_cpp_greedy.cpp.
+# llama-cpp-python sdist on PyPI, plus our own tools scripts/llama_cpp_greedy.cpp and
+# scripts/llama_cpp_logits.cpp.
 #
 # Usage (from anywhere; paths are relative to the repo root):
 #   scripts/build-llama-cpp.sh            # clang-19 build, GGML_NATIVE=ON -> target/llama.cpp/build-clang
@@ -17,8 +18,9 @@
 #   3. cmake: -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release
 #      (shared libs), and builds only: llama (libllama.so + ggml libs), llama-simple,
 #      llama-tokenize, llama-bench, llama-batched-bench, llama-quantize, llama-server.
-#   4. compiles scripts/llama_cpp_greedy.cpp against include/llama.h and libllama.so
-#      into <build>/bin/llama-cpp-greedy (rpath set, no LD_LIBRARY_PATH needed).
+#   4. compiles scripts/llama_cpp_greedy.cpp and scripts/llama_cpp_logits.cpp against
+#      include/llama.h and libllama.so into <build>/bin/llama-cpp-greedy and
+#      llama-cpp-logits (rpath set, no LD_LIBRARY_PATH needed).
 #
 # The machine's CPU decides what GGML_NATIVE enables. On Intel CPUs with AMX, gcc 12
 # miscompiles the AMX path (SIGILL), hence --plain adds -mno-amx-tile -mno-amx-int8
@@ -120,21 +122,23 @@ log "building ${TARGETS[*]} with -j$JOBS"
 cmake --build "$BUILD_DIR" --config Release -j"$JOBS" --target "${TARGETS[@]}" >&2
 
 # ---- 4. our tool ------------------------------------------------------------------
-GREEDY_SRC="$ROOT/scripts/llama_cpp_greedy.cpp"
-GREEDY_BIN="$BUILD_DIR/bin/llama-cpp-greedy"
-if [ ! -x "$GREEDY_BIN" ] || [ "$GREEDY_SRC" -nt "$GREEDY_BIN" ] ||
-   [ "$BUILD_DIR/bin/libllama.so" -nt "$GREEDY_BIN" ]; then
-    log "compiling $GREEDY_SRC"
-    # shellcheck disable=SC2086
-    "$CXX_BIN" -std=c++17 -O2 $EXTRA_FLAGS \
-        -I"$LLAMA_DIR/include" -I"$LLAMA_DIR/ggml/include" \
-        "$GREEDY_SRC" -o "$GREEDY_BIN" \
-        -L"$BUILD_DIR/bin" -lllama -lggml -lggml-base \
-        -Wl,-rpath,"$BUILD_DIR/bin"
-fi
+for tool in greedy logits; do
+    TOOL_SRC="$ROOT/scripts/llama_cpp_$tool.cpp"
+    TOOL_BIN="$BUILD_DIR/bin/llama-cpp-$tool"
+    if [ ! -x "$TOOL_BIN" ] || [ "$TOOL_SRC" -nt "$TOOL_BIN" ] ||
+       [ "$BUILD_DIR/bin/libllama.so" -nt "$TOOL_BIN" ]; then
+        log "compiling $TOOL_SRC"
+        # shellcheck disable=SC2086
+        "$CXX_BIN" -std=c++17 -O2 $EXTRA_FLAGS \
+            -I"$LLAMA_DIR/include" -I"$LLAMA_DIR/ggml/include" \
+            "$TOOL_SRC" -o "$TOOL_BIN" \
+            -L"$BUILD_DIR/bin" -lllama -lggml -lggml-base \
+            -Wl,-rpath,"$BUILD_DIR/bin"
+    fi
+done
 log "build took $(( $(date +%s) - start )) s"
 
 echo "llama.cpp ($VARIANT build, llama-cpp-python $LLAMA_CPP_PYTHON_VERSION) binaries in $BUILD_DIR/bin:"
-for b in llama-simple llama-tokenize llama-bench llama-batched-bench llama-quantize llama-server llama-cpp-greedy libllama.so; do
+for b in llama-simple llama-tokenize llama-bench llama-batched-bench llama-quantize llama-server llama-cpp-greedy llama-cpp-logits libllama.so; do
     [ -e "$BUILD_DIR/bin/$b" ] && echo "  $BUILD_DIR/bin/$b"
 done

@@ -61,15 +61,23 @@ def main():
             r0, r1 = 0, rows
             if args.rows:
                 lo, hi = args.rows.split(":")
-                r0, r1 = int(lo or 0), int(hi or rows)
-            worst, worst_row, peak, sq = 0.0, -1, 0.0, 0.0
+                r0, r1 = max(0, int(lo or 0)), min(rows, int(hi or rows))
+            if r1 <= r0:
+                sys.exit(f"--rows {args.rows}: no rows of {rows}")
+            worst, worst_row, peak, sq, nans = 0.0, -1, 0.0, 0.0, 0
             for r in range(r0, r1):
                 for i in range(r * width, (r + 1) * width):
                     d = abs(a[i] - b[i])
+                    if math.isnan(d):
+                        # A NaN in either engine (but not both) is a difference, not a match.
+                        nans += math.isnan(a[i]) != math.isnan(b[i])
+                        continue
                     sq += d * d
                     peak = max(peak, abs(b[i]))
                     if d > worst:
                         worst, worst_row = d, r
+            if nans:
+                print(f"{name:<16} {nans} NaN(s) in one engine only ({op})")
             n = (r1 - r0) * width
             rel = worst / peak if peak else 0.0
             print(f"{name:<16} {width:>6} {worst:>10.3g} {rel:>9.2e} {math.sqrt(sq / n):>10.3g} {worst_row:>4}  {op}")

@@ -9,7 +9,7 @@ The fixture holds llama.cpp's greedy decode with its defaults (F16 cache, flash 
 auto, one token per call after the prompt). Per prompt this prints the same two figures
 `cargo run --release -p llama2 --example parity_report` prints for llama2, for two other
 runs of the same llama.cpp build on the same machine and thread count:
-  - one batch: the prompt and llama.cpp's 48 tokens in one call (llama-cpp-logits, defaults):
+  - one batch: the prompt and the record's tokens in one call (llama-cpp-logits, defaults):
     max |logit - the decode's logit| for the decode's token, and the steps whose argmax
     agrees (its flash attention takes a tiled kernel for 64+ queries, another for one);
   - flash attention off: greedy decode again (llama-cpp-greedy --flash-attn off): tokens
@@ -32,8 +32,9 @@ def main():
     ap.add_argument("--fixture", default="tests/fixtures/parity/smollm2-q4_1-more.json")
     ap.add_argument("--build-dir", default="target/llama.cpp/build-clang")
     args = ap.parse_args()
-    os.chdir(ROOT)
-    fx = json.load(open(args.fixture, encoding="utf-8"))
+    fixture = os.path.abspath(args.fixture) if os.path.exists(args.fixture) else args.fixture
+    os.chdir(ROOT)  # the fixture's model path and the build dir are repo-relative
+    fx = json.load(open(fixture, encoding="utf-8"))
     model, threads = fx["model"], str(fx["llama_cpp_version"]["n_threads"])
     bins = os.path.join(args.build_dir, "bin")
     for tool in ("llama-cpp-logits", "llama-cpp-greedy"):
@@ -62,8 +63,7 @@ def main():
             for i, s in enumerate(steps):
                 row = logits[(len(prompt) - 1 + i) * vocab:(len(prompt) + i) * vocab]
                 worst = max(worst, abs(row[s["token"]] - s["top1_logit"]))
-                best = max(range(vocab), key=lambda k: (row[k], -k))
-                agree += best == s["token"]
+                agree += row.index(max(row)) == s["token"]  # ties: the lowest id
             prompt_file = os.path.join(tmp, "prompt.txt")
             with open(prompt_file, "w", encoding="utf-8", newline="") as f:
                 f.write(c["rendered_prompt"])
@@ -71,6 +71,8 @@ def main():
                 [os.path.join(bins, "llama-cpp-greedy"), "-m", model, "-f", prompt_file, "-n", str(len(steps)),
                  "--threads", threads, "--flash-attn", "off"],
                 check=True, capture_output=True, text=True).stdout)
+            if off["prompt_ids"] != prompt:
+                sys.exit(f"{c['name']}: llama-cpp-greedy tokenized the prompt differently from the record")
             equal = 0
             for a, b in zip(off["steps"], steps):
                 if a["token"] != b["token"]:

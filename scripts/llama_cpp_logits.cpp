@@ -29,6 +29,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -100,7 +101,7 @@ int main(int argc, char ** argv) {
     if (model_path.empty() || ids_arg.empty() || out_path.empty() || (kv_type != "f32" && kv_type != "f16") ||
         (flash_attn != "auto" && flash_attn != "on" && flash_attn != "off")) {
         fprintf(stderr, "usage: %s -m MODEL.gguf --ids 1,2,3 --out LOGITS.f32 [--threads 1] [--kv-type f32|f16]\n"
-                        "          [--flash-attn auto|on|off] [--no-repack]\n", argv[0]);
+                        "          [--flash-attn auto|on|off] [--no-repack] [--dump DIR]\n", argv[0]);
         return 2;
     }
     std::vector<llama_token> ids;
@@ -136,6 +137,8 @@ int main(int argc, char ** argv) {
     dump_state dump;
     if (!dump_dir.empty()) {
         dump.dir = dump_dir;
+        std::error_code ec;
+        std::filesystem::create_directories(dump_dir, ec);
         dump.index = fopen((dump_dir + "/index.tsv").c_str(), "w");
         if (!dump.index) { fprintf(stderr, "cannot write %s/index.tsv\n", dump_dir.c_str()); return 1; }
         cparams.cb_eval = dump_cb;

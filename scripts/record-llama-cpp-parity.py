@@ -12,8 +12,9 @@ What it does:
   2. Makes sure <build-dir>/bin/llama-cpp-greedy exists (else runs scripts/build-llama-cpp.sh,
      or `--plain` when the build dir is build-plain).
   3. Reads `tokenizer.chat_template` from the GGUF metadata (stdlib GGUF reader below) and
-     renders the chat cases of CASES with it (plain-text cases are run as they are), as HF transformers does (jinja2 sandbox, trim_blocks,
-     lstrip_blocks, add_generation_prompt=True). jinja2 comes from this Python if it has it,
+     renders the chat cases with it (plain-text cases are run as they are), as HF
+     transformers does (jinja2 sandbox, trim_blocks, lstrip_blocks,
+     add_generation_prompt=True). jinja2 comes from this Python if it has it,
      else the script re-runs itself in a throwaway venv /tmp/parity-venv with jinja2 installed.
   4. Runs llama-cpp-greedy on each rendered prompt (special-token parsing on, add_special from
      the model metadata, 1 thread, N greedy tokens) and writes the fixture JSON.
@@ -275,7 +276,8 @@ def main():
         if out["prompt"] != rendered:
             sys.exit(f"{name}: prompt echoed by the tool differs from the rendered one")
         if run_info is None:
-            run_info = {k: out[k] for k in ("model_desc", "system_info", "n_threads", "repack", "add_special",
+            run_info = {k: out.get(k) for k in ("model_desc", "system_info", "n_threads", "repack", "flash_attn",
+                                            "add_special",
                                             "add_special_source", "meta_add_bos", "meta_add_eos",
                                             "parse_special")}
         case = {"name": name}
@@ -291,9 +293,9 @@ def main():
     log("sanity check passed: mayonnaise prompt ids match PEERS.md")
 
     fixture = {
-        "description": "llama.cpp greedy reference for SmolLM2-135M-Instruct Q4_1: prompts rendered with the "
-                       "model's own chat template (add_generation_prompt=True), tokenized with special-token "
-                       "parsing, then greedy (argmax, ties -> lowest id) decoding. gap = top1_logit - "
+        "description": "llama.cpp greedy reference for SmolLM2-135M-Instruct Q4_1: chat prompts rendered with "
+                       "the model's own chat template (add_generation_prompt=True; `text` cases run as they "
+                       "are), tokenized with special-token parsing, then greedy (argmax, ties -> lowest id) decoding. gap = top1_logit - "
                        "top2_logit; different kernels may diverge at small gaps. Produced by "
                        "scripts/record-llama-cpp-parity.py.",
         "command": commands,

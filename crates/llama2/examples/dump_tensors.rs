@@ -49,6 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ws.set_trace(Some(Box::new(move |name: &str, data: &[f32]| {
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(dir.join(format!("{name}.f32")), bytes).expect("writing a dump");
+        // Every row is wanted here (all logits), so each tensor has one row per id.
         let line = format!("{name}\t{}\t{n}", data.len() / n);
         idx.lock().expect("index").push(line);
     })));

@@ -25,16 +25,33 @@ use crate::quant::f16_at;
 /// Values per K-quant super-block (and per 8-bit activation block here).
 pub const QK_K: usize = 256;
 /// Most activation rows one kernel call handles. A prompt's rows meet each weight row
-/// [`tokens_per_call`] at a time: the unpacked quants and scales are shared by more
-/// tokens the more there are, until the accumulators no longer fit the registers.
+/// [`tokens_per_call`] at a time (or [`tile`]'s rows and tokens together): the unpacked
+/// quants and scales are shared by more tokens the more there are, until the
+/// accumulators no longer fit the registers.
 pub const MAX_TOKENS: usize = 8;
 
-/// Activation rows per single-row kernel call that measured fastest for `simd`: eight
-/// (AVX2 build and portable paths: Zen 3, 7B Q4_K_M prompt, 1.35x the speed of four,
-/// sixteen slower again; AVX-512: Zen 5, 1.05x the speed of four). Whole tiles of rows
-/// take [`tile`]'s shape instead.
-pub(super) fn tokens_per_call(simd: Isa) -> usize {
+/// Whether the AVX-512 kernels take 512-bit products ([`rows_wide`]): on CPUs that run
+/// them at full width, told apart by AVX-VNNI (Zen 5, Intel Sapphire Rapids and later;
+/// Zen 4, which splits 512-bit products in two and measured slower with them, lacks it).
+pub(super) fn wide(simd: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if simd == Isa::Avx512Vnni {
+        return std::arch::is_x86_feature_detected!("avxvnni");
+    }
     let _ = simd;
+    false
+}
+
+/// Activation rows per single-row kernel call that measured fastest: eight for the AVX2
+/// build and the portable paths (Zen 3, 7B Q4_K_M prompt: 1.35x the speed of four,
+/// sixteen slower again) and the 512-bit kernel (Zen 5), four for the 256-bit AVX-512
+/// build (Zen 4). Whole tiles of rows take [`tile`]'s shape instead.
+pub(super) fn tokens_per_call(simd: Isa, wide: bool) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if simd == Isa::Avx512Vnni && !wide {
+        return 4;
+    }
+    let _ = (simd, wide);
     MAX_TOKENS
 }
 
@@ -189,7 +206,8 @@ pub fn dot_reference(dtype: DType, row: &[u8], acts: &[Q8KBlock]) -> f32 {
 /// (AVX2, AVX-512 or NEON) where the CPU has it; every path gives the bits of
 /// [`dot_reference`].
 pub fn dot_row(dtype: DType, row: &[u8], acts: &[&[Q8KBlock]], use_simd: bool, out: &mut [f32]) {
-    dot_row_with(Isa::select(use_simd), dtype, row, acts, out)
+    let simd = Isa::select(use_simd);
+    dot_row_with(simd, wide(simd), dtype, row, acts, out)
 }
 
 /// One row against one token with NEON: the reference's eight integer lanes
@@ -282,9 +300,11 @@ unsafe fn row_neon(dtype: DType, row: &[u8], nb: usize, a: &[Q8KBlock]) -> f32 {
     finish(l, m)
 }
 
-/// [`dot_row`] with the kernel variant chosen by the caller.
+/// [`dot_row`] with the kernel variant chosen by the caller (`wide`: the 512-bit
+/// kernel, with [`Isa::Avx512Vnni`] only).
 pub(super) fn dot_row_with(
     simd: Isa,
+    wide: bool,
     dtype: DType,
     row: &[u8],
     acts: &[&[Q8KBlock]],
@@ -296,12 +316,14 @@ pub(super) fn dot_row_with(
     assert!(row.len().is_multiple_of(bb));
     let nb = row.len() / bb;
     assert!(acts.iter().all(|a| a.len() >= nb));
+    let _ = wide; // only the x86 kernels have two widths
     #[cfg(target_arch = "x86_64")]
     if simd.has_avx2() {
-        let cap = tokens_per_call(simd);
+        let wide = wide && simd == Isa::Avx512Vnni;
+        let cap = tokens_per_call(simd, wide);
         if nt > cap {
-            dot_row_with(simd, dtype, row, &acts[..cap], &mut out[..cap]);
-            dot_row_with(simd, dtype, row, &acts[cap..], &mut out[cap..]);
+            dot_row_with(simd, wide, dtype, row, &acts[..cap], &mut out[..cap]);
+            dot_row_with(simd, wide, dtype, row, &acts[cap..], &mut out[cap..]);
             return;
         }
         macro_rules! go {
@@ -312,23 +334,27 @@ pub(super) fn dot_row_with(
                 // every activation row at least `nb` blocks (asserted above), which is
                 // all the kernel reads.
                 unsafe {
-                    match (simd, nt) {
-                        (Isa::Avx512Vnni, 1) => rows_wide::<{ $k }, 1, 1>([row], nb, acts, out),
-                        (Isa::Avx512Vnni, 2) => rows_wide::<{ $k }, 1, 2>([row], nb, acts, out),
-                        (Isa::Avx512Vnni, 3) => rows_wide::<{ $k }, 1, 3>([row], nb, acts, out),
-                        (Isa::Avx512Vnni, 4) => rows_wide::<{ $k }, 1, 4>([row], nb, acts, out),
-                        (Isa::Avx512Vnni, 5) => rows_wide::<{ $k }, 1, 5>([row], nb, acts, out),
-                        (Isa::Avx512Vnni, 6) => rows_wide::<{ $k }, 1, 6>([row], nb, acts, out),
-                        (Isa::Avx512Vnni, 7) => rows_wide::<{ $k }, 1, 7>([row], nb, acts, out),
-                        (Isa::Avx512Vnni, _) => rows_wide::<{ $k }, 1, 8>([row], nb, acts, out),
-                        (_, 1) => row_avx2::<{ $k }, 1>(row, nb, acts, out),
-                        (_, 2) => row_avx2::<{ $k }, 2>(row, nb, acts, out),
-                        (_, 3) => row_avx2::<{ $k }, 3>(row, nb, acts, out),
-                        (_, 4) => row_avx2::<{ $k }, 4>(row, nb, acts, out),
-                        (_, 5) => row_avx2::<{ $k }, 5>(row, nb, acts, out),
-                        (_, 6) => row_avx2::<{ $k }, 6>(row, nb, acts, out),
-                        (_, 7) => row_avx2::<{ $k }, 7>(row, nb, acts, out),
-                        (_, _) => row_avx2::<{ $k }, 8>(row, nb, acts, out),
+                    match (simd, wide, nt) {
+                        (_, true, 1) => rows_wide::<{ $k }, 1, 1>([row], nb, acts, out),
+                        (_, true, 2) => rows_wide::<{ $k }, 1, 2>([row], nb, acts, out),
+                        (_, true, 3) => rows_wide::<{ $k }, 1, 3>([row], nb, acts, out),
+                        (_, true, 4) => rows_wide::<{ $k }, 1, 4>([row], nb, acts, out),
+                        (_, true, 5) => rows_wide::<{ $k }, 1, 5>([row], nb, acts, out),
+                        (_, true, 6) => rows_wide::<{ $k }, 1, 6>([row], nb, acts, out),
+                        (_, true, 7) => rows_wide::<{ $k }, 1, 7>([row], nb, acts, out),
+                        (_, true, _) => rows_wide::<{ $k }, 1, 8>([row], nb, acts, out),
+                        (Isa::Avx512Vnni, _, 1) => row_avx512::<{ $k }, 1>(row, nb, acts, out),
+                        (Isa::Avx512Vnni, _, 2) => row_avx512::<{ $k }, 2>(row, nb, acts, out),
+                        (Isa::Avx512Vnni, _, 3) => row_avx512::<{ $k }, 3>(row, nb, acts, out),
+                        (Isa::Avx512Vnni, _, _) => row_avx512::<{ $k }, 4>(row, nb, acts, out),
+                        (_, _, 1) => row_avx2::<{ $k }, 1>(row, nb, acts, out),
+                        (_, _, 2) => row_avx2::<{ $k }, 2>(row, nb, acts, out),
+                        (_, _, 3) => row_avx2::<{ $k }, 3>(row, nb, acts, out),
+                        (_, _, 4) => row_avx2::<{ $k }, 4>(row, nb, acts, out),
+                        (_, _, 5) => row_avx2::<{ $k }, 5>(row, nb, acts, out),
+                        (_, _, 6) => row_avx2::<{ $k }, 6>(row, nb, acts, out),
+                        (_, _, 7) => row_avx2::<{ $k }, 7>(row, nb, acts, out),
+                        (_, _, _) => row_avx2::<{ $k }, 8>(row, nb, acts, out),
                     }
                 }
             };
@@ -356,14 +382,14 @@ pub(super) fn dot_row_with(
     }
 }
 
-/// Rows and tokens per call of [`dot_rows_with`] for `simd`: on AVX-512, two rows share
-/// each activation load.
-pub(super) fn tile(simd: Isa) -> (usize, usize) {
+/// Rows and tokens per call of [`dot_rows_with`]: with the 512-bit kernel ([`wide`]), two
+/// rows share each activation load.
+pub(super) fn tile(simd: Isa, wide: bool) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
-    if simd == Isa::Avx512Vnni {
+    if wide && simd == Isa::Avx512Vnni {
         return (WIDE_ROWS, WIDE_TOKENS);
     }
-    (1, tokens_per_call(simd))
+    (1, tokens_per_call(simd, wide))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -373,19 +399,22 @@ const WIDE_TOKENS: usize = 4;
 
 /// `rows.len() / row_bytes` rows (at most [`tile`]'s, consecutive, file layout) against
 /// up to [`tile`]'s tokens: `out[r * acts.len() + t]`, each the bits of [`dot_reference`].
+#[allow(clippy::too_many_arguments)]
 pub(super) fn dot_rows_with(
     simd: Isa,
+    wide: bool,
     dtype: DType,
     rows: &[u8],
     row_bytes: usize,
     acts: &[&[Q8KBlock]],
     out: &mut [f32],
 ) {
+    assert!(row_bytes > 0 && rows.len().is_multiple_of(row_bytes));
     let (nr, nt) = (rows.len() / row_bytes, acts.len());
-    let (max_r, max_t) = tile(simd);
-    assert!(nr * row_bytes == rows.len() && nr <= max_r && nt <= max_t && out.len() >= nr * nt);
+    let (max_r, max_t) = tile(simd, wide);
+    assert!(nr <= max_r && nt <= max_t && out.len() >= nr * nt);
     #[cfg(target_arch = "x86_64")]
-    if simd == Isa::Avx512Vnni && nr == WIDE_ROWS && nt == WIDE_TOKENS {
+    if wide && simd == Isa::Avx512Vnni && nr == WIDE_ROWS && nt == WIDE_TOKENS {
         let bb = dtype.block_bytes();
         assert!(supports(dtype) && row_bytes.is_multiple_of(bb));
         let nb = row_bytes / bb;
@@ -405,7 +434,7 @@ pub(super) fn dot_rows_with(
         return;
     }
     for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
-        dot_row_with(simd, dtype, row, acts, &mut out[r * nt..(r + 1) * nt]);
+        dot_row_with(simd, wide, dtype, row, acts, &mut out[r * nt..(r + 1) * nt]);
     }
 }
 
@@ -465,7 +494,20 @@ unsafe fn row_avx2<const K: u8, const T: usize>(
     row_kernel::<K, T>(row, nb, acts, out)
 }
 
-/// One row against `T` tokens (compiled into [`row_avx2`]). Per super-block the
+/// [`row_kernel`] with AVX-512's 32 vector registers (no spills at four tokens; the
+/// products on 512-bit registers measured slower on Zen 4, which splits them).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn row_avx512<const K: u8, const T: usize>(
+    row: &[u8],
+    nb: usize,
+    acts: &[&[Q8KBlock]],
+    out: &mut [f32],
+) {
+    row_kernel::<K, T>(row, nb, acts, out)
+}
+
+/// One row against `T` tokens (compiled into [`row_avx2`] and [`row_avx512`]). Per super-block the
 /// quants are unpacked to unsigned bytes once and shared by the tokens: `vpmaddubsw`
 /// pair sums (at most 2 * 63 * 127, no saturation), `vpmaddwd` by the sub-block scales,
 /// 32-bit lane sums; Q6_K's offset of 32 and the minimums by `vpmaddwd` on the
@@ -671,6 +713,10 @@ unsafe fn rows_wide<const K: u8, const R: usize, const T: usize>(
         |x: f32, y: f32| _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(x), _mm512_set1_ps(y));
     let spread = |m: usize| _mm512_loadu_si512(SPREAD_WIDE[m].as_ptr() as *const _);
     let join = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+    // SAFETY (every access below): the caller passes rows of `nb` super-blocks and
+    // activation rows of at least `nb` blocks (`acts.len() >= T`, `out.len() >= R * T`);
+    // each load is inside row `r`'s super-block `b` (`bb` bytes) or inside an activation
+    // block's 256 values and 16 sums.
     for b in 0..nb {
         let p: [*const u8; R] = std::array::from_fn(|r| rows[r].as_ptr().add(b * bb));
         for pr in p {
@@ -692,8 +738,6 @@ unsafe fn rows_wide<const K: u8, const R: usize, const T: usize>(
             };
             _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
         });
-        // SAFETY (all loads below): offsets inside each row's super-block `b` (`bb`
-        // bytes) and inside each activation block's 256 values.
         let y = |t: usize, at: usize| _mm512_loadu_si512(a[t].qs.as_ptr().add(at) as *const _);
         if K == Q6 {
             for n in 0..2 {
@@ -837,6 +881,20 @@ mod tests {
     use crate::kernels::test_values as values;
     use half::f16;
 
+    /// Every kernel variant this CPU runs: each instruction set, and with AVX-512 VNNI
+    /// both the 256-bit and the 512-bit kernels (whichever [`wide`] picks here).
+    fn variants() -> Vec<(Isa, bool)> {
+        let mut v = Vec::new();
+        for simd in Isa::available() {
+            v.push((simd, false));
+            #[cfg(target_arch = "x86_64")]
+            if simd == Isa::Avx512Vnni {
+                v.push((simd, true));
+            }
+        }
+        v
+    }
+
     /// Random but valid super-blocks of `dtype`: random quant and scale bytes, small
     /// positive f16 scales.
     fn random_row(dtype: DType, blocks: usize, seed: u64) -> Vec<u8> {
@@ -936,15 +994,52 @@ mod tests {
                     "{dtype:?}: {got} vs {exact}"
                 );
             }
-            let kernels = Isa::available();
-            for simd in kernels {
+            for (simd, wide) in variants() {
                 for nt in 1..=MAX_TOKENS {
                     let a: Vec<&[Q8KBlock]> = acts[..nt].iter().map(Vec::as_slice).collect();
                     let mut out = vec![f32::NAN; nt];
-                    dot_row_with(simd, dtype, &row, &a, &mut out);
+                    dot_row_with(simd, wide, dtype, &row, &a, &mut out);
                     for t in 0..nt {
                         let want = dot_reference(dtype, &row, &acts[t]);
-                        assert_eq!(out[t].to_bits(), want.to_bits(), "{dtype:?} {simd:?} {nt}");
+                        let what = format!("{dtype:?} {simd:?} wide {wide} {nt}");
+                        assert_eq!(out[t].to_bits(), want.to_bits(), "{what}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A whole product through `matmul_with` (tasks of odd row ranges on two threads,
+    /// token tiles with tails) gives every row and token the reference's bits.
+    #[test]
+    fn matmul_stitches_kquant_tiles_bit_for_bit() {
+        use crate::kernels::{matmul_with, Matrix, Precision, WorkerPool};
+        use crate::tensor::{Storage, Tensor};
+        use std::sync::Arc;
+        let pool = WorkerPool::new(2).unwrap();
+        for dtype in [DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+            let (rows, nb) = (37, 2);
+            let bytes: Vec<u8> = (0..rows)
+                .flat_map(|r| random_row(dtype, nb, 100 + r as u64))
+                .collect();
+            let row_bytes = bytes.len() / rows;
+            let w = Matrix::new(Tensor {
+                dtype,
+                shape: vec![rows, nb * QK_K],
+                storage: Storage::Owned(Arc::new(bytes.clone())),
+            })
+            .unwrap();
+            for n in [1, 5, 67] {
+                let x = values(n * nb * QK_K, 300 + n as u64);
+                let mut out = vec![f32::NAN; n * rows];
+                matmul_with(&pool, &w, &x, &mut out, Precision::Fast);
+                for t in 0..n {
+                    let mut a = Vec::new();
+                    quantize_activations(&x[t * nb * QK_K..(t + 1) * nb * QK_K], &mut a);
+                    for r in 0..rows {
+                        let want = dot_reference(dtype, &bytes[r * row_bytes..][..row_bytes], &a);
+                        let got = out[t * rows + r];
+                        assert_eq!(got.to_bits(), want.to_bits(), "{dtype:?} n {n} t {t} r {r}");
                     }
                 }
             }
@@ -968,13 +1063,13 @@ mod tests {
                     a
                 })
                 .collect();
-            for simd in Isa::available() {
-                let (max_r, max_t) = tile(simd);
+            for (simd, wide) in variants() {
+                let (max_r, max_t) = tile(simd, wide);
                 for nr in 1..=max_r {
                     for nt in 1..=max_t {
                         let a: Vec<&[Q8KBlock]> = acts[..nt].iter().map(Vec::as_slice).collect();
                         let mut out = vec![f32::NAN; nr * nt];
-                        dot_rows_with(simd, dtype, &rows[..nr * bb], bb, &a, &mut out);
+                        dot_rows_with(simd, wide, dtype, &rows[..nr * bb], bb, &a, &mut out);
                         for r in 0..nr {
                             for t in 0..nt {
                                 let want =
@@ -982,7 +1077,7 @@ mod tests {
                                 assert_eq!(
                                     out[r * nt + t].to_bits(),
                                     want.to_bits(),
-                                    "{dtype:?} {simd:?} rows {nr} tokens {nt}"
+                                    "{dtype:?} {simd:?} wide {wide} rows {nr} tokens {nt}"
                                 );
                             }
                         }

@@ -365,33 +365,41 @@ fn float_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut)
 }
 
 /// Rows `r0..r1` of a K-quant product, [`kquant::tile`]'s rows meeting its tokens per
-/// kernel call.
+/// kernel call (leftover rows one at a time, leftover tokens up to
+/// [`kquant::tokens_per_call`] at a time).
 fn kquant_task(w: &Matrix, io: &Inputs<'_>, r0: usize, r1: usize, out: SharedOut) {
     let (rows, n) = (w.rows, io.n);
     let simd = io.isa;
-    let (per_rows, per_tokens) = kquant::tile(simd);
-    let row_bytes = w.dtype().row_bytes(w.cols).unwrap_or(0);
+    let wide = kquant::wide(simd);
+    let (per_rows, per_tokens) = kquant::tile(simd, wide);
+    let single = kquant::tokens_per_call(simd, wide);
+    let Some(row_bytes) = w.dtype().row_bytes(w.cols) else {
+        unreachable!("a K-quant matrix's rows are whole super-blocks (checked at load)");
+    };
     let mut res = [0.0f32; kquant::MAX_TOKENS * 2];
     for t0 in (0..n).step_by(TOKEN_TILE) {
         let t1 = (t0 + TOKEN_TILE).min(n);
         let mut r = r0;
         while r < r1 {
-            // Whole tiles of rows, then one row at a time (and the tokens likewise).
             let nr = if r + per_rows <= r1 { per_rows } else { 1 };
             let bytes = w.row_bytes(r, r + nr);
             let mut t = t0;
             while t < t1 {
-                let nt = if t + per_tokens <= t1 {
+                let nt = if nr > 1 && t + per_tokens <= t1 {
                     per_tokens
+                } else if nr > 1 {
+                    // A tile's rows past its last whole group of tokens: each row alone.
+                    (t1 - t).min(per_tokens)
                 } else {
-                    kquant::tokens_per_call(simd).min(t1 - t)
+                    (t1 - t).min(single)
                 };
                 let refs: [&[kquant::Q8KBlock]; kquant::MAX_TOKENS] =
                     std::array::from_fn(|i| io.acts_k[t + i.min(nt - 1)].as_slice());
+                let (res, refs) = (&mut res[..nr * nt], &refs[..nt]);
                 if nr == 1 {
-                    kquant::dot_row_with(simd, w.dtype(), bytes, &refs[..nt], &mut res);
+                    kquant::dot_row_with(simd, wide, w.dtype(), bytes, refs, res);
                 } else {
-                    kquant::dot_rows_with(simd, w.dtype(), bytes, row_bytes, &refs[..nt], &mut res);
+                    kquant::dot_rows_with(simd, wide, w.dtype(), bytes, row_bytes, refs, res);
                 }
                 for i in 0..nr {
                     for (j, v) in res[i * nt..(i + 1) * nt].iter().enumerate() {

@@ -72,7 +72,8 @@ pub struct Workspace {
 }
 
 /// Receives each intermediate tensor of a [`Transformer::forward`] call by name, as
-/// rows of f32 (one per token; [`Workspace::set_trace`]).
+/// rows of f32: one per token of the call, or per returned row for `result_norm` and
+/// `result_output` ([`Workspace::set_trace`]).
 pub type TraceFn = dyn FnMut(&str, &[f32]) + Send;
 
 /// A boxed [`TraceFn`] (a newtype only to give the workspace its `Debug`).
