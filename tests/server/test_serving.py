@@ -117,6 +117,32 @@ def test_dropped_streams_free_their_slots(server):
     assert not [l for l in server.log if "panic" in l]
 
 
+def chat_ids(server, user):
+    """SmolLM2's chat prompt for one user message as token ids (<|im_start|> is 1,
+    <|im_end|> 2; the text between them tokenized on its own, as llama.cpp splits it)."""
+    def tok(text):
+        r = httpx.post(server.url + "/tokenize", json={"content": text, "add_special": False})
+        return r.json()["tokens"]
+    system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    return ([1] + tok("system\n" + system) + [2] + tok("\n") + [1] + tok("user\n" + user)
+            + [2] + tok("\n") + [1] + tok("assistant\n"))
+
+
+def test_ignore_eos_completions_run_past_the_end_token(server):
+    # Greedy, this prompt ends after eleven tokens with <|im_end|> (llama.cpp's answer, as
+    # in crates/llama2/tests/parity_llama_cpp.rs); ignore_eos must go on to max_tokens.
+    ids = chat_ids(server, "What is 2+2?")
+    body = {"prompt": ids, "max_tokens": 24, "temperature": 0}
+    ended = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()
+    assert ended["choices"][0]["finish_reason"] == "stop"
+    assert ended["choices"][0]["text"] == "The answer to this classic math problem is 4."
+    body["ignore_eos"] = True
+    full = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()
+    assert full["choices"][0]["finish_reason"] == "length"
+    assert full["usage"]["completion_tokens"] == 24
+    assert full["choices"][0]["text"].startswith(ended["choices"][0]["text"])
+
+
 def test_a_dropped_whole_request_frees_its_slot(server):
     with pytest.raises(httpx.TimeoutException):
         httpx.post(server.url + "/v1/completions", timeout=2, json={

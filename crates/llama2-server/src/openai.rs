@@ -841,10 +841,17 @@ pub async fn completions(
     let seed = seed_for(&state, &sampling);
     let n = sampling.n;
     let total = prompts.len() * n;
+    // The end ids stop a completion (as the engine's own check does) unless `ignore_eos`
+    // asks for exactly `max_tokens`: passed as stop ids, they would stop it even then.
+    let stop_ids: &[u32] = if sampling.ignore_eos {
+        &[]
+    } else {
+        llama.eos_ids()
+    };
     let mut requests = Vec::with_capacity(total);
     for (pi, p) in prompts.iter().enumerate() {
         for j in 0..n {
-            let mut options = seq_options(&sampling, seed, j, llama.eos_ids(), false, top);
+            let mut options = seq_options(&sampling, seed, j, stop_ids, false, top);
             options.logprobs = logprobs;
             options.prompt_logprobs = echo && logprobs;
             requests.push(Request {
