@@ -483,6 +483,46 @@ const Q5: u8 = 1;
 #[cfg(target_arch = "x86_64")]
 const Q6: u8 = 2;
 
+/// The type a kernel selector decodes.
+#[cfg(target_arch = "x86_64")]
+const fn kernel_dtype(k: u8) -> DType {
+    match k {
+        Q4 => DType::Q4_K,
+        Q5 => DType::Q5_K,
+        _ => DType::Q6_K,
+    }
+}
+
+/// Q4_K/Q5_K quants of runs `2j` and `2j + 1` of the super-block at `p` as unsigned bytes
+/// (the low and the high nibbles of 32 bytes; for Q5_K with their fifth bits from `qh`,
+/// the block's 32 high-bit bytes).
+///
+/// # Safety
+/// AVX2 must be available and `p` a whole super-block of the type.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn q45_runs<const K: u8>(
+    p: *const u8,
+    qh: std::arch::x86_64::__m256i,
+    j: usize,
+) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    let low4 = _mm256_set1_epi8(0x0f);
+    let qs = if K == Q5 { 48 } else { 16 };
+    let q = _mm256_loadu_si256(p.add(qs + 32 * j) as *const __m256i);
+    let mut lo = _mm256_and_si256(q, low4);
+    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4);
+    if K == Q5 {
+        let bit = |s: i32| {
+            let v = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s));
+            _mm256_slli_epi16::<4>(_mm256_and_si256(v, _mm256_set1_epi8(0x01)))
+        };
+        lo = _mm256_or_si256(lo, bit(2 * j as i32));
+        hi = _mm256_or_si256(hi, bit(2 * j as i32 + 1));
+    }
+    (lo, hi)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn row_avx2<const K: u8, const T: usize>(
@@ -521,15 +561,10 @@ unsafe fn row_kernel<const K: u8, const T: usize>(
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let dtype = match K {
-        Q4 => DType::Q4_K,
-        Q5 => DType::Q5_K,
-        _ => DType::Q6_K,
-    };
+    let dtype = kernel_dtype(K);
     let bb = dtype.block_bytes();
     let low4 = _mm256_set1_epi8(0x0f);
     let low2 = _mm256_set1_epi8(0x03);
-    let one = _mm256_set1_epi8(0x01);
     let mut acc = [_mm256_setzero_ps(); T];
     let mut accm = [_mm256_setzero_ps(); T];
     for b in 0..nb {
@@ -591,24 +626,13 @@ unsafe fn row_kernel<const K: u8, const T: usize>(
                 let pick = _mm256_loadu_si256(SPREAD[e].as_ptr() as *const __m256i);
                 _mm256_shuffle_epi8(scales, pick)
             };
-            let qs = if K == Q5 { 48 } else { 16 };
             let qh = if K == Q5 {
                 load(16)
             } else {
                 _mm256_setzero_si256()
             };
             for j in 0..4 {
-                let q = load(qs + 32 * j);
-                let mut lo = _mm256_and_si256(q, low4);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
-                if K == Q5 {
-                    let bit = |s: i32| {
-                        let v = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s));
-                        _mm256_slli_epi16(_mm256_and_si256(v, one), 4)
-                    };
-                    lo = _mm256_or_si256(lo, bit(2 * j as i32));
-                    hi = _mm256_or_si256(hi, bit(2 * j as i32 + 1));
-                }
+                let (lo, hi) = q45_runs::<K>(p, qh, j);
                 let (sl, sh) = (spread(2 * j), spread(2 * j + 1));
                 for (t, isum) in isum.iter_mut().enumerate() {
                     let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y(t, 64 * j)), sl);
@@ -693,16 +717,10 @@ unsafe fn rows_wide<const K: u8, const R: usize, const T: usize>(
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let dtype = match K {
-        Q4 => DType::Q4_K,
-        Q5 => DType::Q5_K,
-        _ => DType::Q6_K,
-    };
+    let dtype = kernel_dtype(K);
     let bb = dtype.block_bytes();
     let low4 = _mm512_set1_epi8(0x0f);
     let low2 = _mm512_set1_epi8(0x03);
-    let one = _mm256_set1_epi8(0x01);
-    let low4y = _mm256_set1_epi8(0x0f);
     // Float accumulators per row and pair of tokens: token 2i's eight lanes, then token
     // 2i + 1's (an odd count's last pair repeats its last token, never read).
     let pairs = T.div_ceil(2);
@@ -789,24 +807,19 @@ unsafe fn rows_wide<const K: u8, const R: usize, const T: usize>(
                 let mn = _mm_loadl_epi64(mn.as_ptr() as *const __m128i);
                 mins[r] = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
             }
-            let qs = if K == Q5 { 48 } else { 16 };
+            let qh: [__m256i; R] = std::array::from_fn(|r| {
+                if K == Q5 {
+                    _mm256_loadu_si256(p[r].add(16) as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                }
+            });
             for j in 0..4 {
                 let pick = spread(j);
                 let mut u = [_mm512_setzero_si512(); R];
                 let mut sc = [_mm512_setzero_si512(); R];
                 for r in 0..R {
-                    let q = _mm256_loadu_si256(p[r].add(qs + 32 * j) as *const __m256i);
-                    let mut lo = _mm256_and_si256(q, low4y);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4y);
-                    if K == Q5 {
-                        let qh = _mm256_loadu_si256(p[r].add(16) as *const __m256i);
-                        let bit = |s: i32| {
-                            let v = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s));
-                            _mm256_slli_epi16::<4>(_mm256_and_si256(v, one))
-                        };
-                        lo = _mm256_or_si256(lo, bit(2 * j as i32));
-                        hi = _mm256_or_si256(hi, bit(2 * j as i32 + 1));
-                    }
+                    let (lo, hi) = q45_runs::<K>(p[r], qh[r], j);
                     u[r] = join(lo, hi);
                     sc[r] = _mm512_shuffle_epi8(scales[r], pick);
                 }
