@@ -164,7 +164,11 @@ fn grouped_f16_attention(
         }
     }
     let chunk = ATTENTION_RUN * group * hd;
-    let grouped = zeroed(grouped, runs.len() * n_kv * chunk);
+    // Not cleared: the kernel clears each task's outputs, and a chunk's tail past a short
+    // run is never read.
+    let size = runs.len() * n_kv * chunk;
+    grouped.resize(size, 0.0);
+    let grouped = &mut grouped[..size];
     let runs = &runs[..];
     pool.for_each_chunk_mut(grouped, chunk, &|idx, out| {
         let (r, kvh) = (idx / n_kv, idx % n_kv);
