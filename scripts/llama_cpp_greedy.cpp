@@ -208,6 +208,7 @@ int main(int argc, char ** argv) {
     }
     if (model_path.empty()) { usage(argv[0]); return 2; }
     if (add_special_opt != "auto" && add_special_opt != "0" && add_special_opt != "1") { usage(argv[0]); return 2; }
+    if (flash_attn != "auto" && flash_attn != "on" && flash_attn != "off") { usage(argv[0]); return 2; }
     if (!prompt_file.empty()) {
         std::ifstream in(prompt_file, std::ios::binary);
         if (!in) { fprintf(stderr, "cannot read %s\n", prompt_file.c_str()); return 1; }
